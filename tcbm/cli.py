@@ -1,0 +1,81 @@
+"""Command-line entry point: ``tcbm <command> [hydra overrides]``.
+
+Commands: simulate, train, backmap, evaluate, demo.  Each is a Hydra app whose config lives in
+``conf/<command>.yaml``; ``tcbm <command> --help`` shows it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_PATH = "pkg://tcbm.conf"
+COMMANDS = ("simulate", "train", "backmap", "evaluate", "demo")
+
+
+def _system(cfg: DictConfig):
+    from tcbm.systems import load_system
+
+    return load_system(OmegaConf.to_container(cfg.system, resolve=True))
+
+
+def run_simulate(cfg: DictConfig) -> None:
+    from tcbm.simulate import SimulationConfig, simulate
+
+    settings = {k: cfg[k] for k in SimulationConfig.__dataclass_fields__}
+    path = simulate(_system(cfg), cfg.out, name=cfg.name, progress=cfg.progress, **settings)
+    print(f"trajectory: {path}")
+
+
+def run_train(cfg: DictConfig) -> None:
+    from tcbm.training import train
+
+    artefact = train(cfg)
+    print(f"model artefact: {artefact}")
+
+
+def run_backmap(cfg: DictConfig) -> None:
+    from tcbm.backmap import backmap_files
+
+    for path in backmap_files(cfg):
+        print(f"backmapped: {path}")
+
+
+def run_evaluate(cfg: DictConfig) -> None:
+    from tcbm.analysis.report import evaluate_from_config
+
+    out = evaluate_from_config(cfg)
+    print(f"report: {out}")
+
+
+def run_demo(cfg: DictConfig) -> None:
+    from tcbm.demo import run_demo as demo
+
+    print(f"report: {demo(cfg)}")
+
+
+RUNNERS = {
+    "simulate": run_simulate,
+    "train": run_train,
+    "backmap": run_backmap,
+    "evaluate": run_evaluate,
+    "demo": run_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: tcbm {{{','.join(COMMANDS)}}} [key=value ...]\n"
+              "  units: nm, ps, kJ/mol, K; `tcbm <command> --help` lists every setting", file=sys.stderr)
+        raise SystemExit(2)
+    command = argv.pop(0)
+    app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=command)(RUNNERS[command])
+    sys.argv = [f"tcbm {command}", *argv]
+    app()
+
+
+if __name__ == "__main__":
+    main()
