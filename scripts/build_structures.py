@@ -1,4 +1,4 @@
-"""Rebuild the packaged topologies ``tcbm/data/adp.pdb`` and ``tcbm/data/cln.pdb`` offline.
+"""Rebuild the packaged topologies ``tcbm/structures/adp.pdb`` and ``tcbm/structures/cln.pdb`` offline.
 
 ADP (ACE-ALA-NME) is taken from the structure that the openmmtools wheel ships; chignolin
 (GYDPETGTWG) is built from its sequence with PeptideBuilder, completed with pdbfixer
@@ -18,7 +18,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 
-OUT = Path(__file__).resolve().parents[1] / "tcbm" / "data"
+OUT = Path(__file__).resolve().parents[1] / "tcbm" / "structures"
 
 
 def write_pdb(topology: app.Topology, positions, path: Path) -> None:

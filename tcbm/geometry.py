@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
-def random_rotation_matrix(rng: np.random.Generator) -> np.ndarray:
-    """A rotation drawn uniformly from SO(3) (via a normalised 4-D Gaussian quaternion)."""
-    q = rng.standard_normal(4)
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+def random_rotations(n: int, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` rotation matrices ``(n, 3, 3)`` drawn uniformly from SO(3) (normalised Gaussian quaternions)."""
+    q = torch.randn(n, 4, dtype=torch.float64, generator=generator)
+    w, x, y, z = (q / q.norm(dim=-1, keepdim=True)).unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(n, 3, 3).to(dtype)
 
 
 def kabsch(mobile: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -159,7 +159,7 @@ def make_system(
 
 
 def builtin_pdb(name: str) -> Path:
-    return Path(str(resources.files("tcbm") / "data" / BUILTIN[name]["pdb"]))
+    return Path(str(resources.files("tcbm") / "structures" / BUILTIN[name]["pdb"]))
 
 
 def load_system(spec: str | Mapping[str, Any]) -> MolecularSystem:

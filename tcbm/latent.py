@@ -1,0 +1,47 @@
+"""Latent samplers for inference: a Gaussian mixture fitted to the training posterior, or N(0, I)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+
+
+class LatentSampler:
+    """Draws latent vectors ``z`` from a Gaussian mixture (``weights``, ``means``, Cholesky factors of
+    ``covariances``); the N(0, I) prior is the one-component mixture."""
+
+    def __init__(self, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> None:
+        self.weights = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
+        self.means = torch.as_tensor(np.asarray(means), dtype=torch.float64)
+        self.covariances = torch.as_tensor(np.asarray(covariances), dtype=torch.float64)
+        self.cholesky = torch.linalg.cholesky(self.covariances)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.means.shape[1]
+
+    @classmethod
+    def prior(cls, latent_dim: int) -> LatentSampler:
+        return cls(np.ones(1), np.zeros((1, latent_dim)), np.eye(latent_dim)[None])
+
+    @classmethod
+    def fit(cls, posterior_means: np.ndarray, n_components: int = 10, seed: int = 0) -> LatentSampler:
+        """Fit a full-covariance ``GaussianMixture`` to encoded training posterior means (samples, latent)."""
+        n_components = min(n_components, len(posterior_means))
+        gmm = GaussianMixture(n_components, covariance_type="full", reg_covar=1e-5, random_state=seed)
+        gmm.fit(np.asarray(posterior_means, dtype=np.float64))
+        return cls(gmm.weights_, gmm.means_, gmm.covariances_)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` latent vectors (n, latent_dim), float64 on the CPU, reproducible with ``generator``."""
+        component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.latent_dim, 1, dtype=torch.float64, generator=generator)
+        return self.means[component] + (self.cholesky[component] @ eps)[..., 0]
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights.numpy(), "means": self.means.numpy(), "covariances": self.covariances.numpy()}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> LatentSampler:
+        return cls(state["weights"], state["means"], state["covariances"])

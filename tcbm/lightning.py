@@ -1,0 +1,111 @@
+"""LightningModule training the cVAE with the loss of paper eq. 3:
+VOX + AA + CG + EDM + λ·ENERGY + β·KL, each term weighted by config and logged separately."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from tcbm import losses
+from tcbm.energy import MMEnergy, bonded_pairs
+from tcbm.model import BackmapCVAE
+from tcbm.schedules import EnergyWeight, KLWeight
+from tcbm.systems import MolecularSystem
+from tcbm.voxels import VoxelGrid
+
+DEFAULT_WEIGHTS = {"vox": 1.0, "aa": 100.0, "cg": 100.0, "edm": 100.0}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss term turns NaN/inf; the last good checkpoint stays on disk."""
+
+
+class CVAEModule(pl.LightningModule):
+    """Trains :class:`BackmapCVAE` for one :class:`MolecularSystem`.
+
+    ``system`` is the dict of :meth:`MolecularSystem.to_dict`, ``grid`` the dict of :class:`VoxelGrid`
+    (both stored in checkpoints), ``network`` the keyword arguments of :class:`BackmapCVAE`.
+    """
+
+    def __init__(self, system: dict, grid: dict, network: dict, weights: dict | None = None,
+                 energy_weight: dict | None = None, kl_weight: dict | None = None, lr: float = 1e-3,
+                 weight_decay: float = 0.0, lr_schedule: str = "none", temperature: float = 300.0,
+                 lag: int = 1, compile: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.system = MolecularSystem.from_dict(system)
+        self.grid = VoxelGrid(**grid)
+        self.model = BackmapCVAE(self.system.n_atoms, self.system.n_beads, self.grid, **network)
+        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self.energy_weight = EnergyWeight(**(energy_weight or {}))
+        self.kl_weight = KLWeight(**(kl_weight or {}))
+        omm_system = self.system.openmm_system()
+        self.energy = MMEnergy(omm_system)
+        self.register_buffer("bonds", torch.as_tensor(bonded_pairs(omm_system)), persistent=False)
+        self.forward_model = torch.compile(self.model) if compile else self.model
+
+    @property
+    def history(self) -> int:
+        return self.model.history
+
+    def _terms(self, batch: dict[str, torch.Tensor], sample: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        aa, cg = batch["aa"], batch["cg"]
+        density, coords, mean, log_var = self.forward_model(aa, cg, batch["aa_prev"], sample=sample)
+        terms = {
+            "vox": losses.vox_loss(density, self.grid.normalized(aa)),
+            "aa": losses.aa_loss(coords, aa),
+            "cg": losses.cg_loss(coords, cg, self.system.mapping),
+            "edm": losses.edm_loss(coords, aa),
+            "kl": losses.kl_loss(mean, log_var),
+        }
+        lam = self.energy_weight(self.global_step)
+        if lam > 0:
+            terms["energy"] = losses.energy_loss(coords, aa, self.energy, self.hparams.temperature)
+        return terms, coords
+
+    def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = sum(self.weights[k] * terms[k] for k in ("vox", "aa", "cg", "edm"))
+        total = total + self.kl_weight(self.global_step) * terms["kl"]
+        if "energy" in terms:
+            total = total + self.energy_weight(self.global_step) * terms["energy"]
+        return total
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        terms, _ = self._terms(batch, sample=True)
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                raise NonFiniteLossError(
+                    f"loss term {name!r} is {value.item()} at step {self.global_step}; training stopped, "
+                    "the last good checkpoint is kept (lower the learning rate or the energy weight)"
+                )
+        total = self._total(terms)
+        batch_size = batch["aa"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        self.log_dict({"train/lambda": self.energy_weight(self.global_step),
+                       "train/beta": self.kl_weight(self.global_step)}, batch_size=batch_size)
+        return total
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        terms, coords = self._terms(batch, sample=False)
+        aa = batch["aa"]
+        i, j = self.bonds[:, 0], self.bonds[:, 1]
+        bond_mae = ((coords[:, j] - coords[:, i]).norm(dim=-1) - (aa[:, j] - aa[:, i]).norm(dim=-1)).abs().mean()
+        energy_diff = (self.energy(coords.double()) - self.energy(aa.double())).abs()
+        batch_size = aa.shape[0]
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=batch_size)
+        self.log("val/loss", self._total(terms), prog_bar=True, batch_size=batch_size)
+        self.log("val/bond_mae_nm", bond_mae, prog_bar=True, batch_size=batch_size)
+        self.log("val/energy_abs_diff_kJmol", energy_diff.median().float(), batch_size=batch_size)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "none":
+            return optimizer
+        if self.hparams.lr_schedule != "cosine":
+            raise ValueError(f"lr_schedule must be 'none' or 'cosine', got {self.hparams.lr_schedule!r}")
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,54 @@
+"""The terms of the training loss (paper eq. 3), each a scalar averaged over the batch.
+
+Units: coordinates in nm (AA, CG: nm²; EDM: nm²), energies in kT (dimensionless), densities
+normalised per atom.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tcbm.energy import MMEnergy
+from tcbm.mapping import CGMapping
+
+#: Boltzmann constant in kJ/mol/K.
+KB = 0.0083144626
+
+
+def vox_loss(pred_density: torch.Tensor, target_density: torch.Tensor) -> torch.Tensor:
+    """Squared density error summed over voxels, averaged over atoms and batch."""
+    return (pred_density - target_density).pow(2).flatten(2).sum(-1).mean()
+
+
+def aa_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared coordinate error (nm²)."""
+    return (pred - target).pow(2).sum(-1).mean()
+
+
+def cg_loss(pred: torch.Tensor, cg: torch.Tensor, mapping: CGMapping) -> torch.Tensor:
+    """Mean squared error (nm²) between f_cg of the reconstruction and the input CG."""
+    return (mapping(pred) - cg).pow(2).sum(-1).mean()
+
+
+def distance_matrix(x: torch.Tensor) -> torch.Tensor:
+    diff = x[..., :, None, :] - x[..., None, :, :]
+    return (diff.pow(2).sum(-1) + 1e-12).sqrt()
+
+
+def edm_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error (nm²) of the interatomic Euclidean distance matrices."""
+    return (distance_matrix(pred) - distance_matrix(target)).pow(2).mean()
+
+
+def energy_loss(pred: torch.Tensor, target: torch.Tensor, energy: MMEnergy, temperature: float) -> torch.Tensor:
+    """Robust energy-matching loss: pseudo-Huber ``sqrt(1 + x²) − 1`` of ``x = (U(pred) − U(target))/kT``
+    with the soft-core energy; quadratic (x²/2) for small errors and linear for the huge errors of
+    early, overlapping reconstructions, so gradients stay bounded."""
+    kt = KB * temperature
+    diff = (energy(pred.double(), soft=True) - energy(target.double(), soft=True)) / kt
+    return (torch.sqrt(1 + diff.pow(2)) - 1).mean().to(pred.dtype)
+
+
+def kl_loss(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) ‖ N(0, I)) summed over latent dimensions, averaged over the batch."""
+    return (-0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(-1)).mean()

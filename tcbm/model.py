@@ -1,0 +1,56 @@
+"""The conditional VAE backmapper: voxelisation, encoder, decoder and coordinate read-out in one module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tcbm.networks import Decoder, Encoder
+from tcbm.voxels import VoxelGrid
+
+
+class BackmapCVAE(nn.Module):
+    """cVAE over voxel densities.  ``history`` previous all-atom frames condition the decoder
+    (``history=0`` is the frame-based ablation conditioned on CG^t only).  Coordinates in nm,
+    centred on the CG^t centroid."""
+
+    def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
+                 depth: int = 1, history: int = 1, channels_last: bool = False) -> None:
+        super().__init__()
+        if grid.d % 2:
+            raise ValueError(f"the decoder halves the grid once: grid.d must be even, got {grid.d}")
+        self.n_atoms, self.n_beads, self.grid, self.history = n_atoms, n_beads, grid, history
+        self.latent_dim, self.channels_last = latent_dim, channels_last
+        cond_channels = n_beads + history * n_atoms
+        self.encoder = Encoder(n_atoms + cond_channels, latent_dim, width, depth)
+        self.decoder = Decoder(cond_channels, n_atoms, latent_dim, width, depth)
+        if channels_last:
+            self.to(memory_format=torch.channels_last_3d)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
+    def condition(self, cg: torch.Tensor, aa_prev: torch.Tensor) -> torch.Tensor:
+        """Voxelised condition (B, n + k·N, d, d, d) from CG^t (B, n, 3) and AA^{t-1..t-k} (B, k, N, 3)."""
+        parts = [self.grid.voxelize(cg)]
+        if self.history:
+            parts.append(self.grid.voxelize(aa_prev[:, : self.history].flatten(1, 2)))
+        return self._layout(torch.cat(parts, dim=1))
+
+    def encode(self, aa: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of ``z`` given the target AA^t (B, N, 3) and the condition."""
+        return self.encoder(self._layout(torch.cat([self.grid.voxelize(aa), cond], dim=1)))
+
+    def decode(self, cond: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom densities (B, N, d, d, d), normalised to sum 1 per atom, and their mean positions (B, N, 3)."""
+        logits = self.decoder(cond, z.to(cond.dtype)).float()
+        density = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
+        return density, self.grid.coordinates(density)
+
+    def forward(self, aa: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor, sample: bool = True):
+        """Training pass: returns (density, coordinates, posterior mean, posterior log-variance)."""
+        cond = self.condition(cg, aa_prev)
+        mean, log_var = self.encode(aa, cond)
+        z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if sample else mean
+        density, coords = self.decode(cond, z)
+        return density, coords, mean, log_var

@@ -1,0 +1,1 @@
+"""All-atom topologies (PDB) of the built-in systems."""
