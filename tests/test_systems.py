@@ -1,0 +1,72 @@
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+
+from tcbm.mapping import CGMapping
+from tcbm.systems import MolecularSystem, load_system, make_system
+
+
+def test_adp_mapping_is_C_N_CA_CB_C_N(adp):
+    atoms = list(adp.topology.atoms)
+    selected = [atoms[i] for i in np.flatnonzero(adp.mapping.weights.max(axis=0))]
+    assert [a.name for a in selected] == ["C", "N", "CA", "CB", "C", "N"]
+    assert [a.residue.name for a in selected] == ["ACE", "ALA", "ALA", "ALA", "ALA", "NME"]
+    assert adp.n_atoms == 22 and adp.n_beads == 6
+
+
+def test_cln_mapping_is_the_ten_calpha(cln):
+    assert cln.n_beads == 10
+    assert all(name.endswith("-CA") for name in cln.mapping.bead_names)
+    assert "".join(r.code for r in cln.topology.residues) == "GYDPETGTWG"
+
+
+def test_com_mapping_matches_mdtraj(adp):
+    groups = [[r_atom.index for r_atom in residue.atoms] for residue in adp.topology.residues]
+    mapping = CGMapping.from_groups(adp.topology, groups, weighting="mass")
+    rng = np.random.default_rng(1)
+    xyz = adp.reference_xyz[None] + rng.normal(0, 0.02, (5, 22, 3))
+    for k, group in enumerate(groups):
+        expected = md.compute_center_of_mass(md.Trajectory(xyz[:, group], adp.topology.subset(group)))
+        assert np.allclose(mapping(xyz)[:, k], expected, atol=1e-6)
+    assert np.allclose(mapping(torch.tensor(xyz)).numpy(), mapping(xyz), atol=1e-10)
+
+
+def test_custom_system_from_pdb_with_groups(tmp_path, adp):
+    pdb = tmp_path / "mol.pdb"
+    adp.reference_trajectory().save_pdb(str(pdb))
+    system = load_system({"name": "mine", "pdb": str(pdb), "groups": [[0, 1, 2, 3], [8, 10]], "weighting": "uniform"})
+    assert system.n_beads == 2
+    assert np.allclose(system.mapping(adp.reference_xyz)[1], adp.reference_xyz[[8, 10]].mean(0))
+    again = MolecularSystem.from_dict(system.to_dict())
+    assert np.allclose(again.mapping.weights, system.mapping.weights)
+    assert np.abs(again.reference_xyz - system.reference_xyz).max() < 1e-3
+
+
+def test_selection_matching_nothing(adp):
+    with pytest.raises(ValueError, match="matches no atom"):
+        CGMapping.from_selection(adp.topology, "name XYZ")
+
+
+def test_selection_wrong_bead_count(adp):
+    with pytest.raises(ValueError, match="matches 3 atoms, expected 6 beads"):
+        CGMapping.from_selection(adp.topology, "name CA CB or (resname ACE and name C)", n_beads=6)
+
+
+def test_unknown_forcefield_residue(tmp_path, adp):
+    pdb = tmp_path / "odd.pdb"
+    adp.reference_trajectory().save_pdb(str(pdb))
+    pdb.write_text(pdb.read_text().replace("ALA", "XYZ"))
+    system = make_system("odd", pdb, selection="name CA")
+    with pytest.raises(ValueError, match="cannot parametrise the topology"):
+        system.openmm_system()
+
+
+def test_missing_topology_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_system("x", tmp_path / "nope.pdb", selection="all")
+
+
+def test_unknown_builtin():
+    with pytest.raises(ValueError, match="unknown built-in system"):
+        load_system("water")

@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+
+from tcbm.geometry import random_rotations
+from tcbm.voxels import VoxelGrid
+
+
+def test_round_trip_below_1e3_nm_at_default_grid():
+    grid = VoxelGrid()
+    x = (torch.rand(64, 22, 3, dtype=torch.float64) * 2 - 1) * grid.max_radius
+    error = (grid.coordinates(grid.voxelize(x)) - x).norm(dim=-1).max()
+    assert error < 1e-3
+
+
+def test_separable_density_equals_direct_gaussian():
+    grid = VoxelGrid(d=8, r_grid=1.6, sigma=0.2)
+    x = torch.randn(2, 3, 3, dtype=torch.float64) * 0.2
+    axis = grid.axis(x)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+    direct = torch.exp(-((points[None, None] - x[:, :, None, None, None]) ** 2).sum(-1) / (2 * grid.sigma**2))
+    assert torch.allclose(grid.voxelize(x), direct, atol=1e-12)
+
+
+def test_rotation_and_translation_move_output_consistently():
+    grid = VoxelGrid()
+    x = torch.randn(4, 10, 3, dtype=torch.float64) * 0.15
+    rot = random_rotations(1, torch.float64)[0]
+    shift = torch.tensor([0.05, -0.1, 0.08], dtype=torch.float64)
+    moved = x @ rot.T + shift
+    assert torch.allclose(grid.coordinates(grid.voxelize(moved)), grid.coordinates(grid.voxelize(x)) @ rot.T + shift,
+                          atol=2e-3)
+
+
+def test_coordinates_are_differentiable():
+    grid = VoxelGrid()
+    x = (torch.randn(2, 5, 3, dtype=torch.float64) * 0.2).requires_grad_(True)
+    grid.coordinates(grid.voxelize(x)).sum().backward()
+    assert torch.allclose(x.grad, torch.ones_like(x), atol=1e-2)  # d(round trip)/dx ≈ identity
+
+
+def test_random_rotations_are_proper():
+    rot = random_rotations(100, torch.float64)
+    assert torch.allclose(rot @ rot.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(100, 3, 3), atol=1e-12)
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(100, dtype=torch.float64))
+
+
+def test_molecule_not_fitting_grid_error():
+    grid = VoxelGrid(d=12, r_grid=1.0, sigma=0.12)
+    with pytest.raises(ValueError, match=r"beyond the usable half-width.*use r_grid >= "):
+        grid.check_fits(torch.tensor([[0.4, 0.0, 0.0]]), "test molecule")
+
+
+def test_invalid_grid():
+    with pytest.raises(ValueError, match="invalid voxel grid"):
+        VoxelGrid(d=1)
+    assert math.isclose(VoxelGrid(d=11, r_grid=2.0).spacing, 0.2)
