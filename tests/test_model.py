@@ -1,0 +1,164 @@
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tcbm.artifact import BackmapModel, SeedLibrary
+from tcbm.data import BackmapDataModule, TripleDataset, load_aa_trajectories
+from tcbm.latent import LatentSampler
+from tcbm.lightning import CVAEModule, NonFiniteLossError
+from tcbm.schedules import EnergyWeight, KLWeight
+
+GRID = {"d": 12, "r_grid": 2.0, "sigma": 0.12}
+
+
+def make_module(system, history=1, grid=GRID, **kwargs):
+    network = {"latent_dim": 4, "width": 8, "depth": 1, "history": history}
+    return CVAEModule(system.to_dict(), grid, network, **kwargs)
+
+
+def batch_of(adp_traj, adp, n=8, history=1, augment=True):
+    data = load_aa_trajectories(str(adp_traj[0]), adp)
+    targets = np.arange(history, history + n)
+    return TripleDataset(data.xyz, targets, adp.mapping, 1, history, augment).__getitems__(list(range(n)))
+
+
+def test_energy_weight_schedule():
+    lam = EnergyWeight(final=2.0, warmup_steps=100, tau_steps=50)
+    assert lam(0) == 0.0 and lam(99) == 0.0 and lam(100) == 0.0
+    assert lam(150) == pytest.approx(2.0 * (1 - np.exp(-1)))
+    assert lam(10_000) == pytest.approx(2.0)
+
+
+def test_cyclic_and_constant_kl_schedule():
+    beta = KLWeight(mode="cyclic", beta_max=0.5, total_steps=400, n_cycles=4, ratio=0.5)
+    assert [beta(s) for s in (0, 25, 50, 99, 100, 125)] == pytest.approx([0.0, 0.25, 0.5, 0.5, 0.0, 0.25])
+    assert KLWeight(mode="constant", beta_max=1.0)(12345) == 1.0
+    with pytest.raises(ValueError):
+        KLWeight(mode="linear")
+
+
+def test_all_six_terms_have_gradients(adp_traj, adp):
+    module = make_module(adp, energy_weight={"final": 1.0, "warmup_steps": 0, "tau_steps": 1.0})
+    module.energy_weight = EnergyWeight(final=1.0, warmup_steps=-10, tau_steps=1.0)  # λ > 0 at step 0
+    batch = batch_of(adp_traj, adp)
+    terms, coords = module._terms(batch, sample=True)
+    assert set(terms) == {"vox", "aa", "cg", "edm", "energy", "kl"}
+    assert coords.shape == (8, 22, 3)
+    for name, value in terms.items():
+        module.zero_grad()
+        value.backward(retain_graph=True)
+        grads = [p.grad.abs().sum() for p in module.model.parameters() if p.grad is not None]
+        assert grads and sum(grads) > 0, name
+
+
+@pytest.mark.parametrize("history", [0, 2])
+def test_history_variants_train_a_step(adp_traj, adp, history):
+    module = make_module(adp, history=history)
+    batch = batch_of(adp_traj, adp, history=history)
+    assert batch["aa_prev"].shape == (8, history, 22, 3)
+    optimizer = torch.optim.Adam(module.parameters(), 1e-3)
+    loss = module._total(module._terms(batch, sample=True)[0])
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+
+
+def test_tiny_model_overfits_32_triples(adp_traj, adp):
+    torch.manual_seed(0)
+    module = make_module(adp, grid={"d": 8, "r_grid": 2.0, "sigma": 0.2}, kl_weight={"mode": "constant", "beta_max": 1e-4})
+    batch = batch_of(adp_traj, adp, n=32, augment=False)
+    optimizer = torch.optim.Adam(module.parameters(), 3e-3)
+    first = None
+    for _ in range(250):
+        terms, _ = module._terms(batch, sample=True)
+        first = first if first is not None else terms["aa"].item()
+        optimizer.zero_grad()
+        module._total(terms).backward()
+        optimizer.step()
+    final = module._terms(batch, sample=False)[0]["aa"].item()
+    assert np.isfinite(final) and final < first / 10
+
+
+def test_nan_loss_reports_step_and_term(adp_traj, adp):
+    module = make_module(adp)
+    batch = batch_of(adp_traj, adp)
+    batch["aa"][0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"loss term '(vox|aa)' is nan at step 0"):
+        module.training_step(batch, 0)
+
+
+def test_gmm_sampler_latent_size_and_reproducible():
+    rng = np.random.default_rng(0)
+    sampler = LatentSampler.fit(np.concatenate([rng.normal(-3, 0.1, (200, 5)), rng.normal(3, 0.1, (200, 5))]), 10)
+    z = sampler.sample(1000, torch.Generator().manual_seed(1))
+    assert z.shape == (1000, 5)
+    assert torch.equal(z, sampler.sample(1000, torch.Generator().manual_seed(1)))
+    assert abs((z[:, 0] > 0).double().mean().item() - 0.5) < 0.1  # both modes sampled
+    assert LatentSampler.prior(7).sample(3).shape == (3, 7)
+
+
+def test_artefact_round_trip_gives_identical_decoder_outputs(tmp_path, adp_traj, adp):
+    module = make_module(adp)
+    data = load_aa_trajectories(str(adp_traj[0]), adp)
+    library = SeedLibrary.from_frames(data.xyz, np.arange(1, 50), adp.mapping, 1, 1, max_frames=20)
+    sampler = LatentSampler.prior(4)
+    path = BackmapModel(module.model, {"latent_dim": 4, "width": 8, "depth": 1, "history": 1}, adp, sampler,
+                        library).save(tmp_path / "model.pt")
+    loaded = BackmapModel.load(path)
+    batch = batch_of(adp_traj, adp, augment=False)
+    z = torch.randn(8, 4)
+    with torch.no_grad():
+        a = module.model.decode(module.model.condition(batch["cg"], batch["aa_prev"]), z)[1]
+        b = loaded.network.decode(loaded.network.condition(batch["cg"], batch["aa_prev"]), z)[1]
+    assert torch.equal(a, b)
+    assert loaded.system.n_atoms == 22 and loaded.library.cg.shape == (20, 6, 3)
+
+
+def test_not_an_artefact(tmp_path):
+    torch.save({"foo": 1}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="is not a tcbm model artefact"):
+        BackmapModel.load(tmp_path / "x.pt")
+
+
+def train_config(tmp_path, adp_traj, **overrides):
+    from hydra import compose, initialize_config_module
+
+    args = [f"data.trajectories={adp_traj[0]}", f"out={tmp_path}", "trainer.max_steps=4",
+            "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "data.batch_size=4",
+            "data.val_fraction=0.2", "data.n_blocks=5", "model.network.width=4", "model.network.latent_dim=2",
+            "model.gmm.components=2", "trainer.enable_progress_bar=false"]
+    args += [f"{k}={v}" for k, v in overrides.items()]
+    with initialize_config_module("tcbm.conf", version_base="1.3"):
+        cfg = compose("train", overrides=args)
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def test_train_end_to_end_and_resume_checks(tmp_path, adp_traj, adp, cln):
+    from tcbm.training import check_checkpoint, train
+
+    cfg = train_config(tmp_path, adp_traj)
+    path = train(cfg)
+    model = BackmapModel.load(path)
+    assert model.sampler.latent_dim == 2 and (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert list((tmp_path / "logs").rglob("metrics.csv"))
+    with pytest.raises(ValueError, match=r"system 'adp' \(22 atoms\) vs 'cln' \(138 atoms\)"):
+        check_checkpoint(tmp_path / "checkpoints" / "last.ckpt", cln, model.grid, model.network_config)
+    from tcbm.voxels import VoxelGrid
+
+    with pytest.raises(ValueError, match="grid"):
+        check_checkpoint(tmp_path / "checkpoints" / "last.ckpt", adp, VoxelGrid(d=16), model.network_config)
+
+
+def test_fast_dev_run(tmp_path, adp_traj):
+    from tcbm.training import train
+
+    assert train(train_config(tmp_path, adp_traj, **{"trainer.fast_dev_run": "true"})) == tmp_path
+
+
+def test_data_of_other_system_fails_before_training(tmp_path, adp_traj, cln):
+    from tcbm.training import train
+
+    with pytest.raises(ValueError, match="atoms"):
+        train(train_config(tmp_path, adp_traj, system="cln"))
