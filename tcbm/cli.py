@@ -1,7 +1,7 @@
 """Command-line entry point: ``tcbm <command> [hydra overrides]``.
 
 Commands: simulate, train, backmap, evaluate, demo.  Each is a Hydra app whose config lives in
-``conf/<command>.yaml``; ``tcbm <command> --help`` shows it.
+``conf/<command>.yaml`` (``conf/inference/backmap.yaml`` for backmap); ``tcbm <command> --help`` shows it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_PATH = "pkg://tcbm.conf"
+#: commands whose config lives in a sub-package (so their keys may share names with config groups)
+CONFIG_PATHS = {"backmap": "pkg://tcbm.conf.inference"}
 COMMANDS = ("simulate", "train", "backmap", "evaluate", "demo")
 
 
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
               "  units: nm, ps, kJ/mol, K; `tcbm <command> --help` lists every setting", file=sys.stderr)
         raise SystemExit(2)
     command = argv.pop(0)
-    app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=command)(RUNNERS[command])
+    app = hydra.main(version_base="1.3", config_path=CONFIG_PATHS.get(command, CONFIG_PATH), config_name=command)(RUNNERS[command])
     sys.argv = [f"tcbm {command}", *argv]
     app()
 

@@ -1,0 +1,277 @@
+"""Autoregressive backmapping of CG trajectories (paper §2.4), batched over trajectories and samples.
+
+ÂA^t = decoder(CG^t, ÂA^{t-1}, z) with z from the model's GMM (or the N(0, I) prior).  Frame 0 is
+seeded from the training frame whose CG is closest to CG^0 (RMSD after superposition): its preceding
+all-atom frame(s) are superposed onto CG^0.  All rollouts of a group (inputs × samples) advance together,
+one batched decoder call per time step, on the model's device; finished chunks of frames stream to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import mdtraj as md
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tcbm.artifact import BackmapModel
+from tcbm.geometry import aligned_rmsd, superpose
+from tcbm.io import atomic_path, check_finite, expand_paths, load_trajectory
+from tcbm.latent import LatentSampler
+from tcbm.writers import TrajectoryWriter
+
+
+def nearest_library_frames(library_cg: torch.Tensor, cg: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Index of the library CG frame (L, n, 3) closest to each query (B, n, 3) by aligned RMSD."""
+    best = torch.full((len(cg),), float("inf"), dtype=cg.dtype, device=cg.device)
+    index = torch.zeros(len(cg), dtype=torch.long, device=cg.device)
+    for start in range(0, len(library_cg), chunk):
+        part = library_cg[start:start + chunk]
+        rmsd = aligned_rmsd(part[None], cg[:, None])  # (B, chunk)
+        value, arg = rmsd.min(dim=1)
+        better = value < best
+        best, index = torch.where(better, value, best), torch.where(better, arg + start, index)
+    return index
+
+
+@dataclass
+class RolloutSettings:
+    """How to roll out: ``samples`` per input, latent source ``'gmm'`` or ``'prior'``, ``seed``,
+    ``batch_size`` (rollouts advanced together), ``chunk_frames`` (frames per disk write), autocast dtype."""
+
+    samples: int = 1
+    latent: str = "gmm"
+    seed: int = 0
+    batch_size: int = 256
+    chunk_frames: int = 256
+    autocast: str | None = None  # None | "bf16" | "fp16"
+    progress: bool = True
+
+
+class Backmapper:
+    """Rolls CG trajectories out into all-atom trajectories with a trained :class:`BackmapModel`."""
+
+    def __init__(self, model: BackmapModel, settings: RolloutSettings | None = None, device: str | None = None):
+        self.settings = settings or RolloutSettings()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model
+        self.network = model.network.to(self.device).eval()
+        if self.settings.latent not in ("gmm", "prior"):
+            raise ValueError(f"latent must be 'gmm' or 'prior', got {self.settings.latent!r}")
+        self.sampler = model.sampler if self.settings.latent == "gmm" else LatentSampler.prior(model.network.latent_dim)
+        self.library_cg = torch.as_tensor(model.library.cg, device=self.device)
+        self.library_prev = torch.as_tensor(model.library.aa_prev, device=self.device)
+
+    def seed_frames(self, cg0: torch.Tensor, structure: np.ndarray | None = None) -> torch.Tensor:
+        """Previous frames (B, k, N, 3) for CG^0 (B, n, 3): the library frame(s) preceding the closest CG
+        match, or a user ``structure`` (N, 3), superposed onto CG^0 through their CG beads."""
+        k = max(self.network.history, 1)
+        if structure is not None:
+            prev = torch.as_tensor(structure, dtype=cg0.dtype, device=cg0.device).expand(len(cg0), k, -1, -1)
+            prev_cg = self.model.system.mapping(prev[:, 0])
+        else:
+            index = nearest_library_frames(self.library_cg, cg0)
+            prev = self.library_prev[index][:, :k]
+            prev_cg = self.library_cg[index]
+        rotation_source = prev_cg
+        flat = prev.reshape(len(cg0), -1, 3)
+        return superpose(rotation_source, cg0, carry=flat).reshape(prev.shape)
+
+    def _generators(self, keys: Sequence[tuple[int, int]]) -> list[torch.Generator]:
+        """One random stream per (input, sample), so results do not depend on batching."""
+        return [torch.Generator().manual_seed(zlib.crc32(f"{self.settings.seed}/{i}/{s}".encode())) for i, s in keys]
+
+    @torch.inference_mode()
+    def rollout(self, cg: torch.Tensor, keys: Sequence[tuple[int, int]], structure: np.ndarray | None = None
+                ) -> Iterator[torch.Tensor]:
+        """Roll out CG trajectories ``cg`` (B, T, n, 3) nm; yields chunks (B, t, N, 3) of all-atom frames.
+        ``keys`` names each row (input index, sample index) for its random stream."""
+        cg = cg.to(self.device, torch.float32)
+        batch, n_frames = cg.shape[:2]
+        generators = self._generators(keys)
+        prev = self.seed_frames(cg[:, 0], structure)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.autocast or "")
+        autocast = torch.autocast(self.device.type, dtype=amp) if amp else nullcontext()
+        chunk = self.settings.chunk_frames
+        for start in range(0, n_frames, chunk):
+            stop = min(start + chunk, n_frames)
+            # always a full chunk of draws, so a row's latents do not depend on its group's length
+            z = torch.stack([self.sampler.sample(chunk, g) for g in generators], dim=1)
+            z = z.to(self.device, torch.float32)
+            frames = []
+            for t in range(start, stop):
+                centre = cg[:, t].mean(dim=1, keepdim=True)
+                with autocast:
+                    cond = self.network.condition(cg[:, t] - centre, prev - centre[:, None])
+                    coords = self.network.decode(cond, z[t - start])[1].float() + centre
+                frames.append(coords)
+                prev = torch.cat([coords[:, None], prev[:, :-1]], dim=1)
+            yield torch.stack(frames, dim=1)
+
+    def backmap(self, cg_trajectories: Sequence[np.ndarray], structure: np.ndarray | None = None) -> list[np.ndarray]:
+        """In-memory API: all-atom trajectories (T, N, 3) for each CG trajectory (T, n, 3) and sample,
+        ordered input-major (input 0 samples 0..S-1, input 1, ...)."""
+        results = []
+        for group in self._groups(len(cg_trajectories)):
+            cg, keys, lengths = self._stack(cg_trajectories, group)
+            chunks = [c.cpu().numpy() for c in self.rollout(cg, keys, structure)]
+            frames = np.concatenate(chunks, axis=1)
+            results.extend(frames[row, :lengths[row]] for row in range(len(keys)))
+        return results
+
+    def _groups(self, n_inputs: int) -> list[list[int]]:
+        per_group = max(1, self.settings.batch_size // self.settings.samples)
+        return [list(range(i, min(i + per_group, n_inputs))) for i in range(0, n_inputs, per_group)]
+
+    def _stack(self, cg_trajectories: Sequence[np.ndarray], group: Sequence[int]):
+        """Batch tensor (rows, T_max, n, 3) padded with each input's last frame, row keys and lengths."""
+        longest = max(len(cg_trajectories[i]) for i in group)
+        rows, keys, lengths = [], [], []
+        for i in group:
+            traj = np.asarray(cg_trajectories[i], dtype=np.float32)
+            padded = np.concatenate([traj, np.repeat(traj[-1:], longest - len(traj), axis=0)])
+            for s in range(self.settings.samples):
+                rows.append(padded)
+                keys.append((i, s))
+                lengths.append(len(traj))
+        return torch.as_tensor(np.stack(rows)), keys, lengths
+
+
+@dataclass
+class CGInput:
+    path: Path
+    xyz: np.ndarray  # (T, n, 3) nm
+    time: np.ndarray  # (T,) ps
+
+
+def read_cg_input(path: Path, model: BackmapModel, cg_top: str | None, input_is_aa: bool, aa_top: str | None,
+                  stride: int = 1) -> CGInput:
+    """Load one CG input (or an all-atom one mapped with the model's own mapping) and validate it."""
+    system = model.system
+    if input_is_aa:
+        traj = load_trajectory(path, aa_top if aa_top else system.topology, stride)
+        system.check_atoms(traj.topology, str(path))
+        xyz = system.mapping(traj.xyz)
+    else:
+        if cg_top is None and path.suffix not in (".h5", ".pdb"):
+            raise ValueError(f"{path}: a CG topology is needed to read this format; pass cg_top=PDB")
+        traj = load_trajectory(path, cg_top, stride)
+        xyz = traj.xyz
+    if xyz.shape[1] != system.n_beads:
+        raise ValueError(f"{path}: {xyz.shape[1]} beads per frame, but the model's CG mapping has {system.n_beads}")
+    check_finite(xyz, str(path))
+    radius = np.linalg.norm(xyz - xyz.mean(axis=1, keepdims=True), axis=-1).max(axis=1)
+    too_big = np.flatnonzero(radius > model.grid.max_radius)
+    if too_big.size:
+        raise ValueError(f"{path}: frame {too_big[0]} does not fit the model's voxel grid "
+                         f"(bead {radius[too_big[0]]:.3f} nm from the centroid, limit {model.grid.max_radius:.3f} nm)")
+    return CGInput(path, xyz.astype(np.float32), np.asarray(traj.time, dtype=np.float64))
+
+
+def output_paths(inputs: Sequence[Path], out: Path, fmt: str, samples: int) -> list[list[Path]]:
+    """Output file per input and sample: ``<out>/<stem>.<fmt>`` or ``<out>/<stem>_s<k>.<fmt>``."""
+    stems = [p.stem for p in inputs]
+    if len(set(stems)) != len(stems):
+        stems = [f"{p.parent.name}_{p.stem}" for p in inputs]
+    return [[out / (f"{stem}.{fmt}" if samples == 1 else f"{stem}_s{k}.{fmt}") for k in range(samples)]
+            for stem in stems]
+
+
+def distributed_share(items: Sequence, rank: int | None = None, world: int | None = None) -> list:
+    """This process's share of ``items`` under ``torchrun`` (RANK/WORLD_SIZE env vars): every
+    ``world``-th item from ``rank``; all items when not launched distributed."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    return list(items)[rank::world]
+
+
+def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, settings: RolloutSettings,
+                  fmt: str = "xtc", cg_top: str | None = None, input_is_aa: bool = False, aa_top: str | None = None,
+                  seed_structure: str | None = None, device: str | None = None, stride: int = 1) -> list[Path]:
+    """Backmap files to ``out``: one all-atom trajectory per input and sample, plus ``topology.pdb`` and
+    a ``<output>.json`` summary (frames, CG-consistency RMSD in nm, frames/s).  Groups whose outputs
+    all exist are skipped, so a rerun after an interruption only does the unfinished work."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    backmapper = Backmapper(model, settings, device)
+    topology = model.system.topology
+    if not (out / "topology.pdb").exists():
+        with atomic_path(out / "topology.pdb") as tmp:
+            model.system.reference_trajectory().save_pdb(str(tmp))
+    structure = None
+    if seed_structure is not None:
+        seed = load_trajectory(seed_structure, None if Path(seed_structure).suffix == ".pdb" else topology)
+        model.system.check_atoms(seed.topology, seed_structure)
+        structure = seed.xyz[0]
+    inputs = list(inputs)
+    paths = output_paths(inputs, out, fmt, settings.samples)
+    index_of = {p: i for i, p in enumerate(inputs)}
+    written = []
+    for group in backmapper._groups(len(inputs)):
+        group_paths = [p for i in group for p in paths[i]]
+        if all(p.exists() for p in group_paths):
+            written.extend(group_paths)
+            continue
+        cg_inputs = [read_cg_input(inputs[i], model, cg_top, input_is_aa, aa_top, stride) for i in group]
+        written.extend(_run_group(backmapper, [index_of[c.path] for c in cg_inputs], cg_inputs,
+                                  [paths[i] for i in group], topology, structure))
+    return written
+
+
+def _run_group(backmapper: Backmapper, indices: list[int], cg_inputs: list[CGInput], paths: list[list[Path]],
+               topology: md.Topology, structure: np.ndarray | None) -> list[Path]:
+    settings = backmapper.settings
+    mapping = backmapper.model.system.mapping
+    cg, _, lengths = backmapper._stack([c.xyz for c in cg_inputs], range(len(cg_inputs)))
+    keys = [(i, s) for i in indices for s in range(settings.samples)]
+    rows = [(g, s) for g in range(len(cg_inputs)) for s in range(settings.samples)]
+    n_frames = cg.shape[1]
+    sq_error = np.zeros(len(rows))
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        tmp_paths = [stack.enter_context(atomic_path(paths[g][s])) for g, s in rows]
+        writers = [TrajectoryWriter(p, topology) for p in tmp_paths]
+        bar = stack.enter_context(tqdm(total=n_frames * len(rows), unit="frame", unit_scale=True,
+                                       desc=f"backmap {len(cg_inputs)} inputs x {settings.samples}",
+                                       disable=not settings.progress))
+        done = 0
+        for chunk in backmapper.rollout(cg, keys, structure):
+            chunk_np = chunk.cpu().numpy()
+            cg_np = cg[:, done:done + chunk_np.shape[1]].numpy()
+            for r, (g, _) in enumerate(rows):
+                keep = max(0, min(chunk_np.shape[1], lengths[r] - done))
+                if keep:
+                    writers[r].write(chunk_np[r, :keep], cg_inputs[g].time[done:done + keep])
+                    sq_error[r] += ((mapping(chunk_np[r, :keep]) - cg_np[r, :keep]) ** 2).sum(-1).mean(-1).sum()
+            done += chunk_np.shape[1]
+            bar.update(chunk_np.shape[1] * len(rows))
+        for writer in writers:
+            writer.close()
+        elapsed = time.perf_counter() - started
+        for r, (g, s) in enumerate(rows):
+            summary = {"input": str(cg_inputs[g].path), "sample": s, "frames": lengths[r],
+                       "cg_rmsd_nm": float(np.sqrt(sq_error[r] / lengths[r])),
+                       "group_frames_per_s": float(sum(lengths) / elapsed), "seed": settings.seed}
+            with atomic_path(paths[g][s].with_suffix(".json")) as tmp:
+                tmp.write_text(json.dumps(summary, indent=1))
+    return [paths[g][s] for g, s in rows]
+
+
+def backmap_files(cfg) -> list[Path]:
+    """``tcbm backmap`` from a ``conf/backmap.yaml``-shaped config."""
+    model = BackmapModel.load(cfg.model)
+    inputs = distributed_share(expand_paths(list(cfg.cg) if not isinstance(cfg.cg, str) else cfg.cg))
+    settings = RolloutSettings(samples=cfg.samples, latent=cfg.latent, seed=cfg.seed, batch_size=cfg.batch_size,
+                               chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, progress=cfg.progress)
+    if cfg.compile:
+        model.network.decoder = torch.compile(model.network.decoder)
+    return backmap_paths(model, inputs, cfg.out, settings, cfg.format, cfg.cg_top, cfg.input_is_aa, cfg.aa_top,
+                         cfg.seed_structure, cfg.device, cfg.stride)

@@ -1,0 +1,128 @@
+import json
+import os
+import subprocess
+import sys
+
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+
+from tcbm.backmap import Backmapper, RolloutSettings, backmap_paths, distributed_share, nearest_library_frames
+from tcbm.geometry import random_rotations
+
+
+def run(model, inputs, out, **settings):
+    settings.setdefault("progress", False)
+    return backmap_paths(model, inputs, out, RolloutSettings(**settings), device="cpu")
+
+
+def test_outputs_have_full_topology_frames_and_summary(tmp_path, tiny_model, cg_inputs):
+    paths = run(tiny_model, cg_inputs, tmp_path, chunk_frames=7)
+    assert [p.name for p in paths] == ["cg0.xtc", "cg1.xtc", "cg2.xtc"]
+    for path, n in zip(paths, (30, 25, 20)):
+        traj = md.load(str(path), top=str(tmp_path / "topology.pdb"))
+        assert traj.n_atoms == 22 and traj.n_frames == n
+        assert np.isfinite(traj.xyz).all()
+        summary = json.loads(path.with_suffix(".json").read_text())
+        assert summary["frames"] == n and summary["cg_rmsd_nm"] > 0
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_samples_and_formats(tmp_path, tiny_model, cg_inputs):
+    paths = run(tiny_model, cg_inputs[:1], tmp_path, samples=2)
+    assert [p.name for p in paths] == ["cg0_s0.xtc", "cg0_s1.xtc"]
+    a, b = (md.load(str(p), top=str(tmp_path / "topology.pdb")).xyz for p in paths)
+    assert not np.allclose(a, b)
+    for fmt in ("dcd", "h5"):
+        path = backmap_paths(tiny_model, cg_inputs[:1], tmp_path / fmt, RolloutSettings(progress=False), fmt=fmt)[0]
+        other = md.load(str(path), top=str(tmp_path / "topology.pdb"))
+        assert np.abs(other.xyz - md.load(str(tmp_path / "cg0_s0.xtc"), top=str(tmp_path / "topology.pdb")).xyz
+                      ).max() < 2e-3
+
+
+def test_seeding_picks_the_closest_library_frame(tiny_model):
+    library = torch.as_tensor(tiny_model.library.cg)
+    rot = random_rotations(1)[0]
+    query = library[[7, 21]] @ rot.T + torch.tensor([1.0, -2.0, 0.5])
+    assert nearest_library_frames(library, query, chunk=5).tolist() == [7, 21]
+    seeded = Backmapper(tiny_model, device="cpu").seed_frames(query)
+    expected = torch.as_tensor(tiny_model.library.aa_prev[[7, 21]]) @ rot.T + torch.tensor([1.0, -2.0, 0.5])
+    assert torch.allclose(seeded, expected, atol=1e-4)
+
+
+def test_same_seed_same_output_other_seed_differs(tiny_model, cg_inputs, adp):
+    cg = [md.load(str(p)).xyz for p in cg_inputs]
+    a = Backmapper(tiny_model, RolloutSettings(seed=1, progress=False), "cpu").backmap(cg)
+    b = Backmapper(tiny_model, RolloutSettings(seed=1, progress=False), "cpu").backmap(cg)
+    c = Backmapper(tiny_model, RolloutSettings(seed=2, progress=False), "cpu").backmap(cg)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.allclose(a[0], c[0])
+
+
+def test_batched_equals_one_at_a_time(tiny_model, cg_inputs):
+    cg = [md.load(str(p)).xyz for p in cg_inputs]
+    batched = Backmapper(tiny_model, RolloutSettings(progress=False), "cpu").backmap(cg)
+    single = Backmapper(tiny_model, RolloutSettings(batch_size=1, progress=False), "cpu").backmap(cg)
+    for x, y in zip(batched, single):
+        assert x.shape == y.shape and np.abs(x - y).max() < 1e-4
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model, cg_inputs, monkeypatch):
+    reference = run(tiny_model, cg_inputs, tmp_path / "ref", batch_size=1)
+    import tcbm.backmap as bm
+
+    original, calls = bm._run_group, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bm, "_run_group", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_model, cg_inputs, tmp_path / "resumed", batch_size=1)
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir() if p.suffix == ".xtc") == ["cg0.xtc"]
+    assert not list((tmp_path / "resumed").glob(".*partial*"))
+    monkeypatch.setattr(bm, "_run_group", original)
+    calls["n"] = 0
+    resumed = run(tiny_model, cg_inputs, tmp_path / "resumed", batch_size=1)
+    for a, b in zip(reference, resumed):
+        assert a.read_bytes() == b.read_bytes()
+
+
+def test_nan_frame_and_bead_count_errors(tmp_path, tiny_model, cg_inputs, adp):
+    traj = md.load(str(cg_inputs[0]))
+    traj.xyz[4, 2, 0] = np.nan
+    traj.save_hdf5(str(tmp_path / "nan.h5"))
+    with pytest.raises(ValueError, match="nan.h5: frame 4 has non-finite"):
+        run(tiny_model, [tmp_path / "nan.h5"], tmp_path / "o")
+    five = md.load(str(cg_inputs[0])).atom_slice(range(5))
+    five.save_hdf5(str(tmp_path / "five.h5"))
+    with pytest.raises(ValueError, match="five.h5: 5 beads per frame, but the model's CG mapping has 6"):
+        run(tiny_model, [tmp_path / "five.h5"], tmp_path / "o")
+
+
+def test_all_atom_input_is_mapped_first(tmp_path, tiny_model, adp_traj):
+    paths = backmap_paths(tiny_model, [adp_traj[0]], tmp_path, RolloutSettings(progress=False), input_is_aa=True,
+                          aa_top=str(adp_traj[1]))
+    assert md.load(str(paths[0]), top=str(tmp_path / "topology.pdb")).n_frames == 120
+
+
+def test_distributed_share_splits_inputs():
+    items = list(range(7))
+    shares = [distributed_share(items, r, 3) for r in range(3)]
+    assert sorted(sum(shares, [])) == items and shares[1] == [1, 4]
+
+
+def test_torchrun_two_processes(tmp_path, tiny_model, cg_inputs):
+    model = tiny_model.save(tmp_path / "model.pt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--module", "tcbm.cli", "backmap",
+           f"model={model}", f"cg=[{','.join(str(p) for p in cg_inputs)}]", f"out={tmp_path / 'out'}",
+           "progress=false", "device=cpu", "batch_size=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=300)
+    single = run(tiny_model, cg_inputs, tmp_path / "single", batch_size=1)
+    for path in single:  # each rank wrote its own share; together they equal one process's output
+        assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
