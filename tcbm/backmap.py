@@ -85,15 +85,16 @@ class Backmapper:
         flat = prev.reshape(len(cg0), -1, 3)
         return superpose(rotation_source, cg0, carry=flat).reshape(prev.shape)
 
-    def _generators(self, keys: Sequence[tuple[int, int]]) -> list[torch.Generator]:
-        """One random stream per (input, sample), so results do not depend on batching."""
+    def _generators(self, keys: Sequence[tuple[object, int]]) -> list[torch.Generator]:
+        """One random stream per (input name, sample), so results depend neither on batching nor on
+        which process handles an input."""
         return [torch.Generator().manual_seed(zlib.crc32(f"{self.settings.seed}/{i}/{s}".encode())) for i, s in keys]
 
     @torch.inference_mode()
-    def rollout(self, cg: torch.Tensor, keys: Sequence[tuple[int, int]], structure: np.ndarray | None = None
+    def rollout(self, cg: torch.Tensor, keys: Sequence[tuple[object, int]], structure: np.ndarray | None = None
                 ) -> Iterator[torch.Tensor]:
         """Roll out CG trajectories ``cg`` (B, T, n, 3) nm; yields chunks (B, t, N, 3) of all-atom frames.
-        ``keys`` names each row (input index, sample index) for its random stream."""
+        ``keys`` names each row (input name or index, sample index) for its random stream."""
         cg = cg.to(self.device, torch.float32)
         batch, n_frames = cg.shape[:2]
         generators = self._generators(keys)
@@ -176,11 +177,14 @@ def read_cg_input(path: Path, model: BackmapModel, cg_top: str | None, input_is_
     return CGInput(path, xyz.astype(np.float32), np.asarray(traj.time, dtype=np.float64))
 
 
-def output_paths(inputs: Sequence[Path], out: Path, fmt: str, samples: int) -> list[list[Path]]:
-    """Output file per input and sample: ``<out>/<stem>.<fmt>`` or ``<out>/<stem>_s<k>.<fmt>``."""
+def output_stems(inputs: Sequence[Path]) -> list[str]:
+    """A unique name per input: its stem, prefixed by its folder's name where stems collide."""
     stems = [p.stem for p in inputs]
-    if len(set(stems)) != len(stems):
-        stems = [f"{p.parent.name}_{p.stem}" for p in inputs]
+    return stems if len(set(stems)) == len(stems) else [f"{p.parent.name}_{p.stem}" for p in inputs]
+
+
+def output_paths(stems: Sequence[str], out: Path, fmt: str, samples: int) -> list[list[Path]]:
+    """Output file per input and sample: ``<out>/<stem>.<fmt>`` or ``<out>/<stem>_s<k>.<fmt>``."""
     return [[out / (f"{stem}.{fmt}" if samples == 1 else f"{stem}_s{k}.{fmt}") for k in range(samples)]
             for stem in stems]
 
@@ -212,8 +216,8 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
         model.system.check_atoms(seed.topology, seed_structure)
         structure = seed.xyz[0]
     inputs = list(inputs)
-    paths = output_paths(inputs, out, fmt, settings.samples)
-    index_of = {p: i for i, p in enumerate(inputs)}
+    stems = output_stems(inputs)
+    paths = output_paths(stems, out, fmt, settings.samples)
     written = []
     for group in backmapper._groups(len(inputs)):
         group_paths = [p for i in group for p in paths[i]]
@@ -221,17 +225,17 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
             written.extend(group_paths)
             continue
         cg_inputs = [read_cg_input(inputs[i], model, cg_top, input_is_aa, aa_top, stride) for i in group]
-        written.extend(_run_group(backmapper, [index_of[c.path] for c in cg_inputs], cg_inputs,
-                                  [paths[i] for i in group], topology, structure))
+        written.extend(_run_group(backmapper, cg_inputs, [stems[i] for i in group], [paths[i] for i in group],
+                                  topology, structure))
     return written
 
 
-def _run_group(backmapper: Backmapper, indices: list[int], cg_inputs: list[CGInput], paths: list[list[Path]],
+def _run_group(backmapper: Backmapper, cg_inputs: list[CGInput], stems: list[str], paths: list[list[Path]],
                topology: md.Topology, structure: np.ndarray | None) -> list[Path]:
     settings = backmapper.settings
     mapping = backmapper.model.system.mapping
     cg, _, lengths = backmapper._stack([c.xyz for c in cg_inputs], range(len(cg_inputs)))
-    keys = [(i, s) for i in indices for s in range(settings.samples)]
+    keys = [(stems[g], s) for g in range(len(cg_inputs)) for s in range(settings.samples)]
     rows = [(g, s) for g in range(len(cg_inputs)) for s in range(settings.samples)]
     n_frames = cg.shape[1]
     sq_error = np.zeros(len(rows))

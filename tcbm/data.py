@@ -59,7 +59,7 @@ def split_triples(
     all its frames do, so no validation frame is ever a training input or target.
     """
     span = lag * max(history, 1)
-    for source, length in zip(data.sources, data.lengths):
+    for source, length in zip(data.sources, data.lengths, strict=False):
         if length < span + 1:
             raise ValueError(f"{source}: {length} frames, need at least lag*history+1 = {span + 1} for one triple")
     if not 0 <= val_fraction < 1:
@@ -85,7 +85,7 @@ def split_triples(
     else:
         raise ValueError(f"split must be 'block' or 'trajectory', got {split!r}")
     train, val = [], []
-    for offset, label in zip(data.offsets, labels):
+    for offset, label in zip(data.offsets, labels, strict=False):
         t = np.arange(span, len(label))
         same = np.ones_like(t, dtype=bool)
         for h in range(1, max(history, 1) + 1):

@@ -120,7 +120,7 @@ class MolecularSystem:
             raise ValueError(
                 f"{source}: {topology.n_atoms} atoms, but system {self.name!r} has {self.n_atoms} atoms"
             )
-        for mine, theirs in zip(self.topology.atoms, topology.atoms):
+        for mine, theirs in zip(self.topology.atoms, topology.atoms, strict=False):
             if mine.element != theirs.element:
                 raise ValueError(f"{source}: atom {theirs.index} is {theirs}, system {self.name!r} expects {mine}")
 

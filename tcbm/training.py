@@ -60,9 +60,8 @@ def encode_posterior_means(module: CVAEModule, dataset: TripleDataset, max_sampl
 def _loggers(out: Path) -> list:
     loggers = [CSVLogger(str(out), name="logs")]
     try:
-        from pytorch_lightning.loggers import TensorBoardLogger
-
         import tensorboard  # noqa: F401
+        from pytorch_lightning.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(str(out), name="tensorboard"))
     except ImportError:

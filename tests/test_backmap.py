@@ -20,7 +20,7 @@ def run(model, inputs, out, **settings):
 def test_outputs_have_full_topology_frames_and_summary(tmp_path, tiny_model, cg_inputs):
     paths = run(tiny_model, cg_inputs, tmp_path, chunk_frames=7)
     assert [p.name for p in paths] == ["cg0.xtc", "cg1.xtc", "cg2.xtc"]
-    for path, n in zip(paths, (30, 25, 20)):
+    for path, n in zip(paths, (30, 25, 20), strict=False):
         traj = md.load(str(path), top=str(tmp_path / "topology.pdb"))
         assert traj.n_atoms == 22 and traj.n_frames == n
         assert np.isfinite(traj.xyz).all()
@@ -56,7 +56,7 @@ def test_same_seed_same_output_other_seed_differs(tiny_model, cg_inputs, adp):
     a = Backmapper(tiny_model, RolloutSettings(seed=1, progress=False), "cpu").backmap(cg)
     b = Backmapper(tiny_model, RolloutSettings(seed=1, progress=False), "cpu").backmap(cg)
     c = Backmapper(tiny_model, RolloutSettings(seed=2, progress=False), "cpu").backmap(cg)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=False))
     assert not np.allclose(a[0], c[0])
 
 
@@ -64,7 +64,7 @@ def test_batched_equals_one_at_a_time(tiny_model, cg_inputs):
     cg = [md.load(str(p)).xyz for p in cg_inputs]
     batched = Backmapper(tiny_model, RolloutSettings(progress=False), "cpu").backmap(cg)
     single = Backmapper(tiny_model, RolloutSettings(batch_size=1, progress=False), "cpu").backmap(cg)
-    for x, y in zip(batched, single):
+    for x, y in zip(batched, single, strict=False):
         assert x.shape == y.shape and np.abs(x - y).max() < 1e-4
 
 
@@ -88,7 +88,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model, cg_inputs
     monkeypatch.setattr(bm, "_run_group", original)
     calls["n"] = 0
     resumed = run(tiny_model, cg_inputs, tmp_path / "resumed", batch_size=1)
-    for a, b in zip(reference, resumed):
+    for a, b in zip(reference, resumed, strict=False):
         assert a.read_bytes() == b.read_bytes()
 
 
@@ -123,6 +123,11 @@ def test_torchrun_two_processes(tmp_path, tiny_model, cg_inputs):
            "progress=false", "device=cpu", "batch_size=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=300)
-    single = run(tiny_model, cg_inputs, tmp_path / "single", batch_size=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same arithmetic as the single-threaded ranks
+    try:
+        single = run(tiny_model, cg_inputs, tmp_path / "single", batch_size=1)
+    finally:
+        torch.set_num_threads(threads)
     for path in single:  # each rank wrote its own share; together they equal one process's output
         assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()

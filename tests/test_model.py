@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tcbm.artifact import BackmapModel, SeedLibrary
-from tcbm.data import BackmapDataModule, TripleDataset, load_aa_trajectories
+from tcbm.data import TripleDataset, load_aa_trajectories
 from tcbm.latent import LatentSampler
 from tcbm.lightning import CVAEModule, NonFiniteLossError
 from tcbm.schedules import EnergyWeight, KLWeight
