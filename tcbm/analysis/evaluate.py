@@ -1,0 +1,132 @@
+"""Compare backmapped (or any) all-atom trajectories with a reference: scores, figures and a report.
+
+``Evaluation(settings).fit(reference, {"tcbm": traj, ...}, system)`` computes everything;
+``.metrics`` holds the numbers, ``.write(out)`` writes ``metrics.json``, PNG figures and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mdtraj as md
+import numpy as np
+
+from tcbm.analysis import observables as obs
+from tcbm.analysis.fes import TICAProjection, ca_distances, histogram2d, ramachandran, shared_grid
+from tcbm.analysis.msm import MSMComparison, fit_states
+from tcbm.analysis.scores import js_divergence, js_of_samples, wasserstein1
+from tcbm.io import atomic_path
+from tcbm.systems import MolecularSystem
+
+UNITS = {"energy": "kJ/mol", "length": "nm", "time": "ps", "speed": "nm/ps", "fes": "kJ/mol"}
+
+
+@dataclass
+class EvaluationSettings:
+    """Analysis settings: temperature (K), frame spacing ``dt_ps`` (None: from the reference's time
+    stamps), CVs (``auto`` = Ramachandran for a single residue, TICA of Cα distances otherwise), MSM lag
+    and lags (frames), clusters (None: 100 for Ramachandran, 150 for TICA), histogram bins."""
+
+    temperature_K: float = 300.0
+    dt_ps: float | None = None
+    cv: str = "auto"
+    tica_lag: int = 10
+    msm_lag: int = 5
+    msm_lags: tuple[int, ...] = (1, 2, 5, 10, 20)
+    n_clusters: int | None = None
+    n_timescales: int = 3
+    bayesian_samples: int = 100
+    normalize_timescales: bool = False
+    fes_bins: int = 50
+    hist_bins: int = 100
+    clash_threshold_nm: float = obs.CLASH_THRESHOLD_NM
+    velocity_rescale: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+
+class Evaluation:
+    """Estimator for the comparison of data sets against a reference (``fit`` then ``metrics``)."""
+
+    def __init__(self, settings: EvaluationSettings | None = None) -> None:
+        self.settings = settings or EvaluationSettings()
+        self.metrics: dict = {}
+        self._data: dict = {}
+
+    def _check(self, reference: md.Trajectory, datasets: dict[str, md.Trajectory], system: MolecularSystem) -> None:
+        system.check_atoms(reference.topology, "reference")
+        for name, traj in datasets.items():
+            if traj.n_atoms != reference.n_atoms:
+                raise ValueError(f"data set {name!r} has {traj.n_atoms} atoms, the reference has {reference.n_atoms}")
+            system.check_atoms(traj.topology, f"data set {name!r}")
+
+    def _cv(self, traj: md.Trajectory) -> np.ndarray:
+        return ramachandran(traj) if self.cv_kind == "ramachandran" else self.tica.transform(ca_distances(traj))
+
+    def fit(self, reference: md.Trajectory, datasets: dict[str, md.Trajectory], system: MolecularSystem,
+            cg: np.ndarray | None = None) -> Evaluation:
+        """Evaluate ``datasets`` against ``reference``; ``cg`` (T, n, 3) nm is the CG input of the data
+        sets for CG consistency (default: f_cg(reference) for data sets with as many frames)."""
+        s = self.settings
+        self._check(reference, datasets, system)
+        dt = s.dt_ps or (float(np.median(np.diff(reference.time))) if reference.n_frames > 1 and np.ptp(
+            reference.time) > 0 else 1.0)
+        everything = {"reference": reference, **datasets}
+        n_res = sum(1 for r in system.topology.residues if r.name not in ("ACE", "NME"))
+        self.cv_kind = s.cv if s.cv != "auto" else ("ramachandran" if n_res == 1 else "tica")
+        if self.cv_kind == "tica":
+            self.tica = TICAProjection(s.tica_lag).fit(ca_distances(reference))
+        cvs = {k: self._cv(t) for k, t in everything.items()}
+        energies = {k: obs.potential_energies(t.xyz, system) for k, t in everything.items()}
+        speeds = {k: obs.frame_speeds(t.xyz, dt, s.velocity_rescale.get(k, 1.0)) for k, t in everything.items()}
+        bonds = {k: obs.bond_lengths(t) for k, t in everything.items()}
+        grid = shared_grid(list(cvs.values()), s.fes_bins, periodic=self.cv_kind == "ramachandran")
+        hists = {k: histogram2d(v, grid) for k, v in cvs.items()}
+        states = fit_states(cvs["reference"], s.n_clusters or (100 if self.cv_kind == "ramachandran" else 150), s.seed)
+        dtrajs = {k: states.transform(np.ascontiguousarray(v, dtype=np.float64)) for k, v in cvs.items()}
+        msm = MSMComparison(s.msm_lag, tuple(s.msm_lags), s.n_timescales, dt, s.bayesian_samples,
+                            s.normalize_timescales).fit(dtrajs, "reference")
+        cg_ref = cg if cg is not None else system.mapping(reference.xyz)
+        ref_bond_means = {k: v.reshape(reference.n_frames, -1).mean(0) for k, v in bonds["reference"].items()}
+        metrics = {}
+        for name, traj in everything.items():
+            bond_means = {k: v.reshape(traj.n_frames, -1).mean(0) for k, v in bonds[name].items()}
+            clashes = obs.clashes_per_frame(traj, s.clash_threshold_nm)
+            entry = {
+                "frames": traj.n_frames,
+                "energy_mean_kJmol": float(energies[name].mean()),
+                "energy_std_kJmol": float(energies[name].std()),
+                "energy_w1_kJmol": wasserstein1(energies[name], energies["reference"]),
+                "energy_js": js_of_samples(energies[name], energies["reference"], s.hist_bins),
+                "bond_mae_nm": float(np.mean(np.concatenate(
+                    [np.abs(bond_means[k] - ref_bond_means[k]) for k in ref_bond_means]))),
+                "bond_js_mean": float(np.mean([js_of_samples(bonds[name][k], bonds["reference"][k], s.hist_bins)
+                                               for k in ref_bond_means])),
+                "l_chiral_fraction": obs.l_chiral_fraction(traj),
+                "clashes_per_frame": float(clashes.mean()),
+                "clash_frame_fraction": float((clashes > 0).mean()),
+                "velocity_w1_nm_per_ps": wasserstein1(speeds[name], speeds["reference"]),
+                "velocity_js": js_of_samples(speeds[name], speeds["reference"], s.hist_bins),
+                "fes_js": js_divergence(hists[name], hists["reference"]),
+                "cg_rmsd_nm": float(obs.cg_rmsd(traj.xyz, cg_ref, system.mapping).mean())
+                if len(cg_ref) == traj.n_frames else None,
+                "msm": msm[name],
+            }
+            metrics[name] = entry
+        self.metrics = {"units": UNITS, "settings": {**asdict(self.settings), "dt_ps": dt, "cv": self.cv_kind},
+                        "system": system.name, "datasets": metrics}
+        self._data = {"energies": energies, "speeds": speeds, "cvs": cvs, "grid": grid, "bonds": bonds, "dt": dt}
+        return self
+
+    def write(self, out: str | Path) -> Path:
+        """Write ``metrics.json``, figures and ``report.md`` into ``out``; returns the report path."""
+        from tcbm.analysis import plots
+        from tcbm.analysis.report import write_report
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(self.metrics, indent=1, default=float))
+        figures = plots.all_figures(self.metrics, self._data, self.settings, self.cv_kind, out)
+        return write_report(self.metrics, figures, out)

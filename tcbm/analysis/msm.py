@@ -1,0 +1,129 @@
+"""Markov state models with deeptime: shared k-means states, ML and Bayesian MSMs, implied
+timescales (ps) with 95 % intervals, and eigenvector cosine similarity between data sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from deeptime.clustering import KMeans
+from deeptime.markov import TransitionCountEstimator
+from deeptime.markov.msm import BayesianMSM, MarkovStateModel, MaximumLikelihoodMSM
+
+
+def fit_states(reference_cvs: np.ndarray, n_clusters: int, seed: int = 0):
+    """k-means (deeptime) centres fitted on the reference CVs; use ``.transform`` for every data set."""
+    n_clusters = min(n_clusters, len(reference_cvs))
+    return KMeans(n_clusters, init_strategy="kmeans++", max_iter=100, fixed_seed=seed).fit(
+        np.ascontiguousarray(reference_cvs, dtype=np.float64)).fetch_model()
+
+
+def estimate_msm(dtraj: np.ndarray, lag: int) -> MarkovStateModel:
+    """Reversible maximum-likelihood MSM on the largest connected set at ``lag`` frames."""
+    if len(dtraj) <= lag:
+        raise ValueError(f"a trajectory of {len(dtraj)} frames is too short for an MSM at lag {lag}")
+    counts = TransitionCountEstimator(lag, "sliding").fit(dtraj).fetch_model().submodel_largest()
+    return MaximumLikelihoodMSM(reversible=True).fit(counts).fetch_model()
+
+
+@dataclass
+class TimescaleEstimate:
+    """Implied timescales (ps): ML values and Bayesian mean with 95 % interval [lower, upper]."""
+
+    ml: np.ndarray
+    mean: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+def timescales(dtraj: np.ndarray, lag: int, k: int, dt_ps: float, n_samples: int = 100) -> TimescaleEstimate:
+    """The ``k`` slowest implied timescales at ``lag`` frames, in ps, with Bayesian 95 % intervals."""
+    msm = estimate_msm(dtraj, lag)
+    k = min(k, msm.n_states - 1)
+    counts = TransitionCountEstimator(lag, "effective").fit(dtraj).fetch_model().submodel_largest()
+    stats = BayesianMSM(n_samples=n_samples, reversible=True).fit(counts).fetch_model().gather_stats(
+        "timescales", k=k, confidence=0.95)
+    scale = dt_ps
+    return TimescaleEstimate(msm.timescales(k) * scale, np.asarray(stats.mean) * scale, np.asarray(stats.L) * scale,
+                             np.asarray(stats.R) * scale)
+
+
+def implied_timescales(dtraj: np.ndarray, lags: list[int], k: int, dt_ps: float) -> np.ndarray:
+    """ML implied timescales (ps), shape (len(lags), k); NaN where fewer processes were resolved."""
+    out = np.full((len(lags), k), np.nan)
+    for row, lag in enumerate(lags):
+        if len(dtraj) > lag + 1:
+            msm = estimate_msm(dtraj, lag)
+            ts = msm.timescales(min(k, msm.n_states - 1)) * dt_ps
+            out[row, :len(ts)] = ts
+    return out
+
+
+def eigenvector_similarity(msm_a: MarkovStateModel, msm_b: MarkovStateModel, k: int) -> np.ndarray:
+    """|cosine similarity| (k, k) between the first ``k`` non-stationary right eigenvectors of two MSMs,
+    compared on the states both visit (matched through their state symbols)."""
+    sym_a, sym_b = msm_a.count_model.state_symbols, msm_b.count_model.state_symbols
+    common = np.intersect1d(sym_a, sym_b)
+    k = min(k, msm_a.n_states - 1, msm_b.n_states - 1)
+    ia = np.searchsorted(sym_a, common)
+    ib = np.searchsorted(sym_b, common)
+    va = msm_a.eigenvectors_right(k + 1)[ia, 1:]
+    vb = msm_b.eigenvectors_right(k + 1)[ib, 1:]
+    va = va / np.linalg.norm(va, axis=0, keepdims=True)
+    vb = vb / np.linalg.norm(vb, axis=0, keepdims=True)
+    return np.abs(va.T @ vb)
+
+
+EMPTY_KEYS = ("timescales_ps", "timescales_mean_ps", "timescales_lower_ps", "timescales_upper_ps", "relative_error",
+              "implied_timescales_ps", "eigenvector_similarity")
+
+
+@dataclass
+class MSMComparison:
+    """MSMs of a reference and other data sets on the same discrete states (estimator: ``fit``)."""
+
+    lag: int = 5
+    lags: tuple[int, ...] = (1, 2, 5, 10, 20)
+    n_timescales: int = 3
+    dt_ps: float = 1.0
+    bayesian_samples: int = 100
+    normalize_to_reference: bool = False
+
+    def fit(self, dtrajs: dict[str, np.ndarray], reference: str) -> dict:
+        """Per data set: timescales at ``lag`` (ps, with 95 % intervals), relative errors against the
+        reference, implied timescales vs ``lags``, and eigenvector similarity to the reference."""
+        try:
+            ref_msm = estimate_msm(dtrajs[reference], self.lag)
+        except ValueError as err:
+            raise ValueError(f"no MSM could be estimated for the reference at lag {self.lag}: {err}") from err
+        results = {}
+        ref_ts = None
+        for name in [reference, *[n for n in dtrajs if n != reference]]:
+            try:
+                results[name] = self._entry(dtrajs[name], ref_msm, ref_ts, name == reference)
+            except ValueError as err:  # too little or too disconnected data for this set
+                results[name] = {**{key: [] for key in EMPTY_KEYS}, "normalization_factor": 1.0, "error": str(err)}
+            if name == reference:
+                ref_ts = np.asarray(results[name]["timescales_ps"])
+        return results
+
+    def _entry(self, dtraj: np.ndarray, ref_msm: MarkovStateModel, ref_ts: np.ndarray | None, is_reference: bool):
+        ts = timescales(dtraj, self.lag, self.n_timescales, self.dt_ps, self.bayesian_samples)
+        factor = 1.0
+        if is_reference:
+            ref_ts = ts.ml
+        elif self.normalize_to_reference and len(ts.ml) and len(ref_ts):
+            factor = ref_ts[0] / ts.ml[0]
+        n = min(len(ts.ml), len(ref_ts))
+        return {
+            "timescales_ps": (ts.ml * factor).tolist(),
+            "timescales_mean_ps": (ts.mean * factor).tolist(),
+            "timescales_lower_ps": (ts.lower * factor).tolist(),
+            "timescales_upper_ps": (ts.upper * factor).tolist(),
+            "normalization_factor": factor,
+            "relative_error": (np.abs(ts.ml[:n] * factor - ref_ts[:n]) / ref_ts[:n]).tolist(),
+            "implied_timescales_ps": implied_timescales(dtraj, list(self.lags), self.n_timescales,
+                                                        self.dt_ps).tolist(),
+            "eigenvector_similarity": eigenvector_similarity(
+                ref_msm, estimate_msm(dtraj, self.lag), self.n_timescales).tolist(),
+        }

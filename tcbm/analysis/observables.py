@@ -1,0 +1,107 @@
+"""Per-frame observables of all-atom trajectories (nm, ps, kJ/mol)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import mdtraj as md
+import numpy as np
+import torch
+
+from tcbm.energy import MMEnergy
+from tcbm.mapping import CGMapping
+from tcbm.systems import MolecularSystem
+
+#: Non-bonded pairs (more than 3 bonds apart) closer than this are counted as steric clashes (nm):
+#: below the closest hydrogen-bond H···O contacts (~0.17 nm) seen in equilibrium MD.
+CLASH_THRESHOLD_NM = 0.15
+
+
+def potential_energies(xyz: np.ndarray, system: MolecularSystem, batch: int = 4096) -> np.ndarray:
+    """Exact vacuum force-field energies (kJ/mol) of frames (T, N, 3) nm."""
+    energy = MMEnergy(system.openmm_system())
+    with torch.inference_mode():
+        return np.concatenate([energy(torch.as_tensor(xyz[i:i + batch], dtype=torch.float64)).numpy()
+                               for i in range(0, len(xyz), batch)])
+
+
+def _element_key(atoms) -> str:
+    return "-".join(a.element.symbol for a in atoms)
+
+
+def bond_lengths(traj: md.Trajectory) -> dict[str, np.ndarray]:
+    """Bond lengths (nm) grouped by element pair type (e.g. ``C-H``), from the topology's bonds."""
+    pairs = defaultdict(list)
+    for a, b in traj.topology.bonds:
+        first, second = sorted([a, b], key=lambda atom: atom.element.symbol)
+        pairs[_element_key((first, second))].append((a.index, b.index))
+    return {k: md.compute_distances(traj, np.array(v)).ravel() for k, v in sorted(pairs.items())}
+
+
+def bond_angles(traj: md.Trajectory) -> dict[str, np.ndarray]:
+    """Bond angles (rad) grouped by element triple type (e.g. ``H-C-H``)."""
+    graph = defaultdict(set)
+    for a, b in traj.topology.bonds:
+        graph[a.index].add(b.index)
+        graph[b.index].add(a.index)
+    atoms = list(traj.topology.atoms)
+    triples = defaultdict(list)
+    for centre, neighbours in graph.items():
+        ordered = sorted(neighbours)
+        for i, a in enumerate(ordered):
+            for b in ordered[i + 1:]:
+                ends = sorted([atoms[a], atoms[b]], key=lambda atom: atom.element.symbol)
+                triples[_element_key((ends[0], atoms[centre], ends[1]))].append((a, centre, b))
+    return {k: md.compute_angles(traj, np.array(v)).ravel() for k, v in sorted(triples.items())}
+
+
+def chirality_signs(traj: md.Trajectory) -> np.ndarray:
+    """Sign (frames, residues with CB) of the volume (N−CA)·((C−CA)×(CB−CA)); +1 is L, −1 is D."""
+    quads = []
+    for residue in traj.topology.residues:
+        names = {a.name: a.index for a in residue.atoms}
+        if all(k in names for k in ("N", "CA", "C", "CB")):
+            quads.append([names["N"], names["CA"], names["C"], names["CB"]])
+    if not quads:
+        return np.zeros((traj.n_frames, 0))
+    q = np.array(quads)
+    x = traj.xyz
+    n, ca, c, cb = (x[:, q[:, k]] for k in range(4))
+    return np.sign(np.einsum("tri,tri->tr", n - ca, np.cross(c - ca, cb - ca)))
+
+
+def l_chiral_fraction(traj: md.Trajectory) -> float:
+    """Fraction of frames in which every chiral Cα has the L configuration."""
+    signs = chirality_signs(traj)
+    return float((signs > 0).all(axis=1).mean()) if signs.size else float("nan")
+
+
+def nonbonded_pairs(topology: md.Topology, min_separation: int = 4) -> np.ndarray:
+    """Atom pairs at least ``min_separation`` bonds apart (or unconnected)."""
+    n = topology.n_atoms
+    hops = np.full((n, n), np.inf)
+    np.fill_diagonal(hops, 0)
+    for a, b in topology.bonds:
+        hops[a.index, b.index] = hops[b.index, a.index] = 1
+    for k in range(n):  # Floyd–Warshall; molecules here are small
+        hops = np.minimum(hops, hops[:, k:k + 1] + hops[k:k + 1, :])
+    i, j = np.triu_indices(n, 1)
+    keep = hops[i, j] >= min_separation
+    return np.stack([i[keep], j[keep]], axis=1)
+
+
+def clashes_per_frame(traj: md.Trajectory, threshold: float = CLASH_THRESHOLD_NM) -> np.ndarray:
+    """Number of non-bonded pairs (≥ 4 bonds apart) closer than ``threshold`` nm, per frame."""
+    pairs = nonbonded_pairs(traj.topology)
+    return (md.compute_distances(traj, pairs) < threshold).sum(axis=1)
+
+
+def cg_rmsd(xyz: np.ndarray, cg: np.ndarray, mapping: CGMapping) -> np.ndarray:
+    """Per-frame RMSD (nm, no superposition) between f_cg of all-atom frames and the given CG frames."""
+    return np.sqrt(((mapping(xyz) - cg) ** 2).sum(-1).mean(-1))
+
+
+def frame_speeds(xyz: np.ndarray, dt_ps: float, rescale: float = 1.0) -> np.ndarray:
+    """Per-atom finite-difference speeds |x_{t+1} − x_t| / dt (nm/ps) between consecutive frames,
+    flattened; ``rescale`` multiplies them (e.g. to undo a CG model's faster dynamics)."""
+    return rescale * np.linalg.norm(np.diff(xyz, axis=0), axis=-1).ravel() / dt_ps
