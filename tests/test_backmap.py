@@ -122,7 +122,7 @@ def test_torchrun_two_processes(tmp_path, tiny_model, cg_inputs):
            f"model={model}", f"cg=[{','.join(str(p) for p in cg_inputs)}]", f"out={tmp_path / 'out'}",
            "progress=false", "device=cpu", "batch_size=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=300)
+    subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same arithmetic as the single-threaded ranks
     try:

@@ -14,7 +14,7 @@ from tcbm.simulate import Simulation, SimulationConfig
 def test_cli_simulate_writes_loadable_trajectory(tmp_path):
     cmd = [sys.executable, "-m", "tcbm.cli", "simulate", "system=adp", f"out={tmp_path}", "name=short",
            "length_ps=4", "save_interval_ps=0.5", "equilibration_ps=0.2", "progress=false"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
     traj = md.load(str(tmp_path / "short.xtc"), top=str(tmp_path / "short.pdb"))
     assert traj.n_atoms == 22 and traj.n_frames == 8
     assert [a.name for a in traj.topology.atoms][:2] == ["H1", "CH3"]

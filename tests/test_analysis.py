@@ -1,0 +1,116 @@
+import json
+import subprocess
+import sys
+
+import mdtraj as md
+import numpy as np
+import pytest
+from deeptime.markov.msm import MarkovStateModel
+
+from tcbm.analysis import Evaluation, EvaluationSettings, MSMComparison, NearestNeighbourBackmapper
+from tcbm.analysis.fes import ramachandran
+from tcbm.analysis.msm import timescales
+from tcbm.analysis.observables import clashes_per_frame, frame_speeds, l_chiral_fraction
+from tcbm.analysis.scores import js_divergence, wasserstein1
+
+FAST = {"bayesian_samples": 10, "n_clusters": 12, "msm_lags": (1, 2, 5)}
+
+
+def load(adp_traj):
+    return md.load(str(adp_traj[0]), top=str(adp_traj[1]))
+
+
+def test_msm_recovers_known_timescales():
+    transition = np.array([[0.97, 0.03, 0.0, 0.0], [0.02, 0.97, 0.01, 0.0], [0.0, 0.015, 0.98, 0.005],
+                           [0.0, 0.0, 0.01, 0.99]])
+    truth = MarkovStateModel(transition).timescales(3) * 0.5
+    dtraj = MarkovStateModel(transition).simulate(200_000, seed=7)
+    est = timescales(dtraj, lag=2, k=3, dt_ps=0.5, n_samples=50)
+    assert np.all(np.abs(est.ml - truth) / truth < 0.1)
+    assert np.all((est.lower <= truth * 1.05) & (truth * 0.95 <= est.upper))
+
+
+def test_msm_of_a_data_set_against_itself_is_identical():
+    dtraj = MarkovStateModel(np.array([[0.9, 0.1, 0.0], [0.05, 0.9, 0.05], [0.0, 0.1, 0.9]])).simulate(20_000, seed=1)
+    result = MSMComparison(lag=1, lags=(1, 2), n_timescales=2, bayesian_samples=10).fit(
+        {"ref": dtraj, "copy": dtraj.copy()}, "ref")
+    assert result["copy"]["relative_error"] == [0.0, 0.0]
+    assert np.allclose(np.diag(result["copy"]["eigenvector_similarity"]), 1.0)
+
+
+def test_phi_psi_match_mdtraj(adp):
+    traj = adp.reference_trajectory()
+    angles = ramachandran(traj)
+    assert np.allclose(angles[:, 0], md.compute_phi(traj)[1][:, 0])
+    assert np.allclose(angles[:, 1], md.compute_psi(traj)[1][:, 0])
+
+
+def test_chirality_detects_mirror_image(adp, cln):
+    for system in (adp, cln):
+        traj = system.reference_trajectory()
+        assert l_chiral_fraction(traj) == 1.0
+        mirrored = md.Trajectory(traj.xyz * np.array([-1.0, 1.0, 1.0]), traj.topology)
+        assert l_chiral_fraction(mirrored) == 0.0
+
+
+def test_speeds_of_known_displacements(adp):
+    steps = np.arange(10)[:, None, None] * np.array([0.03, 0.04, 0.0])  # 0.05 nm per frame
+    xyz = adp.reference_xyz[None] + steps
+    speeds = frame_speeds(xyz, dt_ps=2.0, rescale=3.0)
+    assert speeds.shape == (9 * 22,) and np.allclose(speeds, 3.0 * 0.05 / 2.0)
+
+
+def test_clash_count(adp):
+    traj = adp.reference_trajectory()
+    assert clashes_per_frame(traj)[0] == 0
+    squashed = md.Trajectory(traj.xyz * 0.3, traj.topology)
+    assert clashes_per_frame(squashed)[0] > 10
+
+
+def test_scores_known_values():
+    assert wasserstein1(np.zeros(10), np.ones(10)) == pytest.approx(1.0)
+    assert js_divergence(np.array([1, 0]), np.array([0, 1])) == pytest.approx(1.0)
+    assert js_divergence(np.array([3, 1]), np.array([6, 2])) == pytest.approx(0.0)
+
+
+def test_self_evaluation_gives_zero_divergence(adp_traj, adp):
+    ref = load(adp_traj)
+    evaluation = Evaluation(EvaluationSettings(**FAST)).fit(ref, {"copy": ref[:]}, adp)
+    copy = evaluation.metrics["datasets"]["copy"]
+    for key in ("energy_w1_kJmol", "energy_js", "bond_mae_nm", "velocity_w1_nm_per_ps", "velocity_js", "fes_js",
+                "cg_rmsd_nm"):
+        assert copy[key] == pytest.approx(0.0, abs=1e-12), key
+    assert copy["l_chiral_fraction"] == 1.0
+    assert np.allclose(np.diag(copy["msm"]["eigenvector_similarity"]), 1.0)
+    assert np.allclose(copy["msm"]["relative_error"], 0.0)
+
+
+def test_nearest_neighbour_baseline_reproduces_library_frames(adp_traj, adp):
+    ref = load(adp_traj)
+    cg = adp.mapping(ref.xyz)
+    xyz = NearestNeighbourBackmapper(cg, ref.xyz).backmap(cg[::7], batch=5)
+    assert np.abs(xyz - ref.xyz[::7]).max() < 1e-4
+
+
+def test_mismatched_topology_is_reported(adp_traj, adp, cln):
+    ref = load(adp_traj)
+    with pytest.raises(ValueError, match="data set 'other' has 138 atoms, the reference has 22"):
+        Evaluation().fit(ref, {"other": cln.reference_trajectory()}, adp)
+
+
+def test_cli_evaluate_writes_all_files(tmp_path, adp_traj, tiny_model):
+    model = tiny_model.save(tmp_path / "model.pt")
+    ref = load(adp_traj)
+    ref[::2].save_xtc(str(tmp_path / "thinned.xtc"))
+    cmd = [sys.executable, "-m", "tcbm.cli", "evaluate", f"reference={adp_traj[0]}",
+           f"backmapped=[{adp_traj[0]},{tmp_path / 'thinned.xtc'}]", "labels=[same,thinned]",
+           f"nearest_neighbour_model={model}", f"out={tmp_path / 'eval'}", "settings.bayesian_samples=10",
+           "settings.n_clusters=12", "settings.msm_lags=[1,2,5]"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
+    out = tmp_path / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["datasets"]) == {"reference", "same", "thinned", "nearest-neighbour"}
+    assert metrics["units"]["energy"] == "kJ/mol"
+    for figure in ("energy", "velocity", "fes", "timescales", "eigenvector_similarity", "bond_lengths"):
+        assert (out / f"{figure}.png").stat().st_size > 5000
+        assert f"({figure}.png)" in (out / "report.md").read_text()
