@@ -54,6 +54,8 @@ def _timescales(metrics: dict, lags: tuple[int, ...], dt: float, path: Path) -> 
     datasets = metrics["datasets"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for k, (name, entry) in enumerate(datasets.items()):
+        if entry["msm"].get("error"):
+            continue  # no MSM could be estimated for this data set (reported in metrics.json)
         its = np.asarray(entry["msm"]["implied_timescales_ps"])
         for j in range(its.shape[1]):
             axes[0].semilogy(np.asarray(lags) * dt, its[:, j], "o-", color=f"C{k}", label=name if j == 0 else None)
@@ -73,7 +75,7 @@ def _timescales(metrics: dict, lags: tuple[int, ...], dt: float, path: Path) -> 
 
 
 def _eigen_similarity(metrics: dict, path: Path) -> str:
-    others = {k: v for k, v in metrics["datasets"].items() if k != "reference"}
+    others = {k: v for k, v in metrics["datasets"].items() if k != "reference" and not v["msm"].get("error")}
     fig, axes = plt.subplots(1, max(len(others), 1), figsize=(3.8 * max(len(others), 1), 3.4), squeeze=False)
     for ax, (name, entry) in zip(axes[0], others.items()):
         sim = np.asarray(entry["msm"]["eigenvector_similarity"])

@@ -1,0 +1,29 @@
+import json
+
+from hydra import compose, initialize_config_module
+
+from tcbm.demo import run_demo
+
+MINIATURE = [
+    "simulate.train_ps=80", "simulate.test_ps=40",
+    "train_overrides=[" + ",".join(f"'{o}'" for o in (
+        "trainer.max_steps=3", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false", "model.network.width=4", "model.network.latent_dim=2",
+        "model.gmm.components=2", "data.batch_size=8")) + "]",
+    "settings.n_clusters=6", "settings.bayesian_samples=5", "settings.msm_lag=1", "settings.msm_lags=[1,2]",
+]
+
+
+def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
+    with initialize_config_module("tcbm.conf", version_base="1.3"):
+        cfg = compose("demo", overrides=[f"out={tmp_path}", *MINIATURE])
+        report = run_demo(cfg)
+        metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+        assert set(metrics["datasets"]) == {"reference", "tcbm", "frame-based cVAE", "nearest-neighbour"}
+        assert metrics["datasets"]["tcbm"]["frames"] == 40
+        assert "![Free-energy surfaces](fes.png)" in report.read_text()
+        stamp = (tmp_path / "model_history1" / "model.pt").stat().st_mtime
+        capsys.readouterr()
+        run_demo(cfg)  # second run reuses data and models
+        assert "reusing" in capsys.readouterr().out
+        assert (tmp_path / "model_history1" / "model.pt").stat().st_mtime == stamp
