@@ -29,17 +29,26 @@ from tcbm.latent import LatentSampler
 from tcbm.writers import TrajectoryWriter
 
 
-def nearest_library_frames(library_cg: torch.Tensor, cg: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Index of the library CG frame (L, n, 3) closest to each query (B, n, 3) by aligned RMSD."""
-    best = torch.full((len(cg),), float("inf"), dtype=cg.dtype, device=cg.device)
-    index = torch.zeros(len(cg), dtype=torch.long, device=cg.device)
-    for start in range(0, len(library_cg), chunk):
-        part = library_cg[start:start + chunk]
-        rmsd = aligned_rmsd(part[None], cg[:, None])  # (B, chunk)
-        value, arg = rmsd.min(dim=1)
-        better = value < best
-        best, index = torch.where(better, value, best), torch.where(better, arg + start, index)
-    return index
+def pair_distances(x: torch.Tensor) -> torch.Tensor:
+    """Rotation-invariant features (..., n·(n−1)/2): all pairwise distances of ``x`` (..., n, 3)."""
+    i, j = torch.triu_indices(x.shape[-2], x.shape[-2], 1, device=x.device)
+    return (x[..., i, :] - x[..., j, :]).norm(dim=-1)
+
+
+def nearest_library_frames(library_cg: torch.Tensor, cg: torch.Tensor, candidates: int = 128,
+                           chunk: int = 1024) -> torch.Tensor:
+    """Index of the library CG frame (L, n, 3) closest to each query (B, n, 3) by RMSD after optimal
+    superposition.  The ``candidates`` frames nearest in pairwise-distance space are short-listed first,
+    then ranked by exact aligned RMSD, so the cost is O(B·L) distances plus O(B·candidates) superpositions."""
+    library_features = pair_distances(library_cg)
+    k = min(candidates, len(library_cg))
+    out = []
+    for start in range(0, len(cg), chunk):
+        query = cg[start:start + chunk]
+        shortlist = torch.cdist(pair_distances(query), library_features).topk(k, largest=False).indices
+        rmsd = aligned_rmsd(library_cg[shortlist], query[:, None])  # (b, k)
+        out.append(shortlist.gather(1, rmsd.argmin(dim=1, keepdim=True))[:, 0])
+    return torch.cat(out)
 
 
 @dataclass
@@ -111,8 +120,9 @@ class Backmapper:
             for t in range(start, stop):
                 centre = cg[:, t].mean(dim=1, keepdim=True)
                 with autocast:
-                    cond = self.network.condition(cg[:, t] - centre, prev - centre[:, None])
-                    coords = self.network.decode(cond, z[t - start])[1].float() + centre
+                    prev_centred = prev - centre[:, None]
+                    cond = self.network.condition(cg[:, t] - centre, prev_centred)
+                    coords = self.network.decode(cond, z[t - start], prev_centred)[1].float() + centre
                 frames.append(coords)
                 prev = torch.cat([coords[:, None], prev[:, :-1]], dim=1)
             yield torch.stack(frames, dim=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,7 +16,7 @@ class BackmapCVAE(nn.Module):
     centred on the CG^t centroid."""
 
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
-                 depth: int = 1, history: int = 1, channels_last: bool = False) -> None:
+                 depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True) -> None:
         super().__init__()
         if grid.d % 2:
             raise ValueError(f"the decoder halves the grid once: grid.d must be even, got {grid.d}")
@@ -24,6 +25,9 @@ class BackmapCVAE(nn.Module):
         cond_channels = n_beads + history * n_atoms
         self.encoder = Encoder(n_atoms + cond_channels, latent_dim, width, depth)
         self.decoder = Decoder(cond_channels, n_atoms, latent_dim, width, depth)
+        # log-width (nm) of the Gaussian prior centred on each atom's previous position
+        self.previous_prior = previous_prior and history > 0
+        self.log_prior_width = nn.Parameter(torch.tensor(float(np.log(0.1)))) if self.previous_prior else None
         if channels_last:
             self.to(memory_format=torch.channels_last_3d)
 
@@ -41,9 +45,21 @@ class BackmapCVAE(nn.Module):
         """Posterior mean and log-variance of ``z`` given the target AA^t (B, N, 3) and the condition."""
         return self.encoder(self._layout(torch.cat([self.grid.voxelize(aa), cond], dim=1)))
 
-    def decode(self, cond: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom densities (B, N, d, d, d), normalised to sum 1 per atom, and their mean positions (B, N, 3)."""
+    def prior_logits(self, aa_prev: torch.Tensor) -> torch.Tensor:
+        """Log of a Gaussian (learned width) around each atom's previous position, (B, N, d, d, d): added to
+        the decoder's logits so that "stay where you were" is the default and the network learns the motion."""
+        width = self.log_prior_width.exp()
+        axis = self.grid.axis(aa_prev)
+        p = -0.5 * ((aa_prev[:, 0].unsqueeze(-1) - axis) / width) ** 2  # (B, N, 3, d)
+        return p[..., 0, :, None, None] + p[..., 1, None, :, None] + p[..., 2, None, None, :]
+
+    def decode(self, cond: torch.Tensor, z: torch.Tensor, aa_prev: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom densities (B, N, d, d, d), normalised to sum 1 per atom, and their mean positions (B, N, 3).
+        ``aa_prev`` (B, k, N, 3) is needed when the model uses the previous-frame prior."""
         logits = self.decoder(cond, z.to(cond.dtype)).float()
+        if self.previous_prior:
+            logits = logits + self.prior_logits(aa_prev.float())
         density = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
         return density, self.grid.coordinates(density)
 
@@ -52,5 +68,5 @@ class BackmapCVAE(nn.Module):
         cond = self.condition(cg, aa_prev)
         mean, log_var = self.encode(aa, cond)
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if sample else mean
-        density, coords = self.decode(cond, z)
+        density, coords = self.decode(cond, z, aa_prev)
         return density, coords, mean, log_var

@@ -7,12 +7,14 @@ skip connection from the full-resolution condition features.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, channels), channels)
+    return nn.GroupNorm(math.gcd(8, channels), channels)
 
 
 class ResBlock3d(nn.Module):

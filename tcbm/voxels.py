@@ -20,9 +20,9 @@ EDGE_SIGMAS = 3.0
 class VoxelGrid:
     """Grid of ``d`` points per axis over a cube of width ``r_grid`` nm; Gaussian width ``sigma`` nm."""
 
-    d: int = 12
-    r_grid: float = 2.0
-    sigma: float = 0.12
+    d: int = 10
+    r_grid: float = 2.2
+    sigma: float = 0.16
 
     def __post_init__(self) -> None:
         if self.d < 2 or self.r_grid <= 0 or self.sigma <= 0:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tcbm.backmap import Backmapper, RolloutSettings, backmap_paths, distributed_share, nearest_library_frames
-from tcbm.geometry import random_rotations
+from tcbm.geometry import aligned_rmsd, random_rotations
 
 
 def run(model, inputs, out, **settings):
@@ -45,7 +45,9 @@ def test_seeding_picks_the_closest_library_frame(tiny_model):
     library = torch.as_tensor(tiny_model.library.cg)
     rot = random_rotations(1)[0]
     query = library[[7, 21]] @ rot.T + torch.tensor([1.0, -2.0, 0.5])
-    assert nearest_library_frames(library, query, chunk=5).tolist() == [7, 21]
+    assert nearest_library_frames(library, query, candidates=4, chunk=1).tolist() == [7, 21]
+    exhaustive = torch.stack([aligned_rmsd(library, q[None]).argmin() for q in query])
+    assert exhaustive.tolist() == [7, 21]
     seeded = Backmapper(tiny_model, device="cpu").seed_frames(query)
     expected = torch.as_tensor(tiny_model.library.aa_prev[[7, 21]]) @ rot.T + torch.tensor([1.0, -2.0, 0.5])
     assert torch.allclose(seeded, expected, atol=1e-4)
@@ -65,7 +67,7 @@ def test_batched_equals_one_at_a_time(tiny_model, cg_inputs):
     batched = Backmapper(tiny_model, RolloutSettings(progress=False), "cpu").backmap(cg)
     single = Backmapper(tiny_model, RolloutSettings(batch_size=1, progress=False), "cpu").backmap(cg)
     for x, y in zip(batched, single, strict=False):
-        assert x.shape == y.shape and np.abs(x - y).max() < 1e-4
+        assert x.shape == y.shape and np.abs(x - y).max() < 1e-3  # float32 reduction order only
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model, cg_inputs, monkeypatch):

@@ -109,8 +109,8 @@ def test_artefact_round_trip_gives_identical_decoder_outputs(tmp_path, adp_traj,
     batch = batch_of(adp_traj, adp, augment=False)
     z = torch.randn(8, 4)
     with torch.no_grad():
-        a = module.model.decode(module.model.condition(batch["cg"], batch["aa_prev"]), z)[1]
-        b = loaded.network.decode(loaded.network.condition(batch["cg"], batch["aa_prev"]), z)[1]
+        a = module.model.decode(module.model.condition(batch["cg"], batch["aa_prev"]), z, batch["aa_prev"])[1]
+        b = loaded.network.decode(loaded.network.condition(batch["cg"], batch["aa_prev"]), z, batch["aa_prev"])[1]
     assert torch.equal(a, b)
     assert loaded.system.n_atoms == 22 and loaded.library.cg.shape == (20, 6, 3)
 
