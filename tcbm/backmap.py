@@ -90,9 +90,7 @@ class Backmapper:
             index = nearest_library_frames(self.library_cg, cg0)
             prev = self.library_prev[index][:, :k]
             prev_cg = self.library_cg[index]
-        rotation_source = prev_cg
-        flat = prev.reshape(len(cg0), -1, 3)
-        return superpose(rotation_source, cg0, carry=flat).reshape(prev.shape)
+        return superpose(prev_cg, cg0, carry=prev.reshape(len(cg0), -1, 3)).reshape(prev.shape)
 
     def _generators(self, keys: Sequence[tuple[object, int]]) -> list[torch.Generator]:
         """One random stream per (input name, sample), so results depend neither on batching nor on

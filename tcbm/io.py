@@ -50,6 +50,12 @@ def _atoms_in_file(path: Path) -> int | None:
     return None
 
 
+def _atoms_in_topology(top: str | Path | md.Topology | None) -> int | None:
+    if top is None:
+        return None
+    return top.n_atoms if isinstance(top, md.Topology) else md.load_topology(str(top)).n_atoms
+
+
 def check_finite(xyz: np.ndarray, source: str) -> None:
     """Raise naming the first frame of ``xyz`` (frames, atoms, 3) with a NaN or infinite coordinate."""
     bad = ~np.isfinite(xyz).all(axis=(1, 2))
@@ -64,25 +70,25 @@ def load_trajectory(path: str | Path, top: str | Path | md.Topology | None = Non
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"trajectory {path} does not exist")
-    top_name = top if isinstance(top, (str, Path)) else "the given topology"
     if isinstance(top, (str, Path)) and not Path(top).exists():
         raise FileNotFoundError(f"topology {top} does not exist")
-    kwargs = {} if top is None or path.suffix in (".h5", ".pdb") else {"top": str(top) if not isinstance(top, md.Topology) else top}
+    top_name = top if isinstance(top, (str, Path)) else "the given topology"
+    top_arg = str(top) if isinstance(top, (str, Path)) else top
+    self_describing = path.suffix in (".h5", ".pdb")
     try:
-        traj = md.load(str(path), stride=stride, **kwargs)
+        traj = md.load(str(path), stride=stride, **({} if top is None or self_describing else {"top": top_arg}))
     except Exception as err:
         n_file = _atoms_in_file(path)
-        n_top = (top if isinstance(top, md.Topology) else md.load_topology(str(top))).n_atoms if top is not None else None
+        n_top = _atoms_in_topology(top)
         if n_file is not None and n_top is not None and n_file != n_top:
             raise ValueError(
                 f"atom-count mismatch: trajectory {path} has {n_file} atoms, topology {top_name} has {n_top}"
             ) from err
         raise ValueError(f"cannot read trajectory {path}: {err}") from err
-    if top is not None and path.suffix in (".h5", ".pdb"):
-        n_top = (top if isinstance(top, md.Topology) else md.load_topology(str(top))).n_atoms
-        if n_top != traj.n_atoms:
-            raise ValueError(
-                f"atom-count mismatch: trajectory {path} has {traj.n_atoms} atoms, topology {top_name} has {n_top}"
-            )
+    n_top = _atoms_in_topology(top)
+    if n_top is not None and n_top != traj.n_atoms:
+        raise ValueError(
+            f"atom-count mismatch: trajectory {path} has {traj.n_atoms} atoms, topology {top_name} has {n_top}"
+        )
     check_finite(traj.xyz, str(path))
     return traj

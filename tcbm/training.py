@@ -77,9 +77,10 @@ def train(cfg: DictConfig) -> Path:
     system = load_system(OmegaConf.to_container(cfg.system, resolve=True))
     grid = VoxelGrid(**cfg.model.grid)
     network = OmegaConf.to_container(cfg.model.network, resolve=True)
-    data = BackmapDataModule(system, OmegaConf.to_container(cfg.data.trajectories, resolve=True)
-                             if OmegaConf.is_list(cfg.data.trajectories) else cfg.data.trajectories,
-                             topology=cfg.data.topology, lag=cfg.data.lag, history=network["history"],
+    trajectories = cfg.data.trajectories
+    if OmegaConf.is_list(trajectories):
+        trajectories = OmegaConf.to_container(trajectories, resolve=True)
+    data = BackmapDataModule(system, trajectories, topology=cfg.data.topology, lag=cfg.data.lag, history=network["history"],
                              stride=cfg.data.stride, split=cfg.data.split, val_fraction=cfg.data.val_fraction,
                              n_blocks=cfg.data.n_blocks, batch_size=cfg.data.batch_size,
                              num_workers=cfg.data.num_workers, max_radius=grid.max_radius)

@@ -114,3 +114,17 @@ def test_cli_evaluate_writes_all_files(tmp_path, adp_traj, tiny_model):
     for figure in ("energy", "velocity", "fes", "timescales", "eigenvector_similarity", "bond_lengths"):
         assert (out / f"{figure}.png").stat().st_size > 5000
         assert f"({figure}.png)" in (out / "report.md").read_text()
+
+
+def test_chignolin_uses_tica_of_45_ca_distances(tmp_path, cln):
+    from tcbm.analysis.fes import ca_distances
+    from tcbm.simulate import simulate
+
+    path = simulate(cln, tmp_path, "cln", length_ps=4.0, save_interval_ps=0.05, equilibration_ps=0.1, seed=1,
+                    progress=False)
+    traj = md.load(str(path), top=str(tmp_path / "cln.pdb"))
+    assert ca_distances(traj).shape == (80, 45)
+    settings = EvaluationSettings(tica_lag=2, msm_lag=1, msm_lags=(1, 2), n_clusters=6, bayesian_samples=5)
+    evaluation = Evaluation(settings).fit(traj, {"copy": traj[:]}, cln)
+    assert evaluation.metrics["settings"]["cv"] == "tica"
+    assert evaluation.metrics["datasets"]["copy"]["fes_js"] == pytest.approx(0.0, abs=1e-12)
