@@ -1,0 +1,1 @@
+"""Hydra configuration (packaged as ``tcbm.conf``)."""
