@@ -85,6 +85,16 @@ def test_self_evaluation_gives_zero_divergence(adp_traj, adp):
     assert np.allclose(copy["msm"]["relative_error"], 0.0)
 
 
+def test_msm_reweighted_fes_of_equilibrium_data_is_close_to_plain(adp_traj, adp):
+    ref = load(adp_traj)
+    plain = Evaluation(EvaluationSettings(**FAST)).fit(ref, {"copy": ref[:]}, adp)
+    weighted = Evaluation(EvaluationSettings(**FAST, fes_reweight=True)).fit(ref, {"copy": ref[:]}, adp)
+    weights = weighted._data["fes_weights"]["reference"]
+    assert weights.shape == (ref.n_frames,) and np.all(weights >= 0) and weights.sum() > 0
+    assert weighted.metrics["datasets"]["copy"]["fes_js"] == pytest.approx(0.0, abs=1e-12)
+    assert plain._data["fes_weights"]["reference"] is None
+
+
 def test_nearest_neighbour_baseline_reproduces_library_frames(adp_traj, adp):
     ref = load(adp_traj)
     cg = adp.mapping(ref.xyz)

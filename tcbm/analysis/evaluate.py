@@ -15,7 +15,7 @@ import numpy as np
 
 from tcbm.analysis import observables as obs
 from tcbm.analysis.fes import TICAProjection, ca_distances, histogram2d, ramachandran, shared_grid
-from tcbm.analysis.msm import MSMComparison, fit_states
+from tcbm.analysis.msm import MSMComparison, fit_states, msm_frame_weights
 from tcbm.analysis.scores import js_divergence, js_of_samples, wasserstein1
 from tcbm.io import atomic_path
 from tcbm.systems import MolecularSystem
@@ -27,7 +27,8 @@ UNITS = {"energy": "kJ/mol", "length": "nm", "time": "ps", "speed": "nm/ps", "fe
 class EvaluationSettings:
     """Analysis settings: temperature (K), frame spacing ``dt_ps`` (None: from the reference's time
     stamps), CVs (``auto`` = Ramachandran for a single residue, TICA of Cα distances otherwise), MSM lag
-    and lags (frames), clusters (None: 100 for Ramachandran, 150 for TICA), histogram bins."""
+    and lags (frames), clusters (None: 100 for Ramachandran, 150 for TICA), histogram bins;
+    ``fes_reweight`` weights every frame by its MSM's stationary distribution in the FES."""
 
     temperature_K: float = 300.0
     dt_ps: float | None = None
@@ -40,6 +41,7 @@ class EvaluationSettings:
     bayesian_samples: int = 100
     normalize_timescales: bool = False
     fes_bins: int = 50
+    fes_reweight: bool = False
     hist_bins: int = 100
     clash_threshold_nm: float = obs.CLASH_THRESHOLD_NM
     velocity_rescale: dict[str, float] = field(default_factory=dict)
@@ -82,9 +84,10 @@ class Evaluation:
         speeds = {k: obs.frame_speeds(t.xyz, dt, s.velocity_rescale.get(k, 1.0)) for k, t in everything.items()}
         bonds = {k: obs.bond_lengths(t) for k, t in everything.items()}
         grid = shared_grid(list(cvs.values()), s.fes_bins, periodic=self.cv_kind == "ramachandran")
-        hists = {k: histogram2d(v, grid) for k, v in cvs.items()}
         states = fit_states(cvs["reference"], s.n_clusters or (100 if self.cv_kind == "ramachandran" else 150), s.seed)
         dtrajs = {k: states.transform(np.ascontiguousarray(v, dtype=np.float64)) for k, v in cvs.items()}
+        weights = {k: msm_frame_weights(d, s.msm_lag) if s.fes_reweight else None for k, d in dtrajs.items()}
+        hists = {k: histogram2d(v, grid, weights[k]) for k, v in cvs.items()}
         msm = MSMComparison(s.msm_lag, tuple(s.msm_lags), s.n_timescales, dt, s.bayesian_samples,
                             s.normalize_timescales).fit(dtrajs, "reference")
         cg_ref = cg if cg is not None else system.mapping(reference.xyz)
@@ -116,7 +119,8 @@ class Evaluation:
             metrics[name] = entry
         self.metrics = {"units": UNITS, "settings": {**asdict(self.settings), "dt_ps": dt, "cv": self.cv_kind},
                         "system": system.name, "datasets": metrics}
-        self._data = {"energies": energies, "speeds": speeds, "cvs": cvs, "grid": grid, "bonds": bonds, "dt": dt}
+        self._data = {"energies": energies, "speeds": speeds, "cvs": cvs, "grid": grid, "bonds": bonds, "dt": dt,
+                      "fes_weights": weights}
         return self
 
     def write(self, out: str | Path) -> Path:

@@ -26,6 +26,12 @@ def estimate_msm(dtraj: np.ndarray, lag: int) -> MarkovStateModel:
     return MaximumLikelihoodMSM(reversible=True).fit(counts).fetch_model()
 
 
+def msm_frame_weights(dtraj: np.ndarray, lag: int) -> np.ndarray:
+    """Per-frame weights that reweight a trajectory to its MSM's stationary distribution (0 off the
+    largest connected set), for MSM-reweighted free-energy surfaces."""
+    return estimate_msm(dtraj, lag).compute_trajectory_weights(dtraj)[0]
+
+
 @dataclass
 class TimescaleEstimate:
     """Implied timescales (ps): ML values and Bayesian mean with 95 % interval [lower, upper]."""

@@ -34,11 +34,11 @@ def _histograms(samples: dict[str, np.ndarray], xlabel: str, path: Path, bins: i
     return _save(fig, path)
 
 
-def _fes_panels(cvs: dict, grid, temperature: float, kind: str, path: Path) -> str:
+def _fes_panels(cvs: dict, grid, temperature: float, kind: str, path: Path, weights: dict) -> str:
     fig, axes = plt.subplots(1, len(cvs), figsize=(4 * len(cvs) + 1, 3.6), squeeze=False, layout="constrained")
     labels = ("φ (rad)", "ψ (rad)") if kind == "ramachandran" else ("TIC 1", "TIC 2")
     for ax, (name, values) in zip(axes[0], cvs.items()):
-        fes = free_energy(values, grid, temperature)
+        fes = free_energy(values, grid, temperature, weights[name])
         image = ax.pcolormesh(grid[0], grid[1], np.ma.masked_invalid(fes).T, cmap="viridis", vmax=25)
         ax.set_title(name)
         ax.set_xlabel(labels[0])
@@ -108,7 +108,8 @@ def all_figures(metrics: dict, data: dict, settings, kind: str, out: Path) -> di
         "energy": _histograms(data["energies"], "potential energy (kJ/mol)", out / "energy.png", settings.hist_bins),
         "velocity": _histograms(data["speeds"], "per-atom speed between frames (nm/ps)", out / "velocity.png",
                                 settings.hist_bins),
-        "fes": _fes_panels(data["cvs"], data["grid"], settings.temperature_K, kind, out / "fes.png"),
+        "fes": _fes_panels(data["cvs"], data["grid"], settings.temperature_K, kind, out / "fes.png",
+                           data["fes_weights"]),
         "timescales": _timescales(metrics, tuple(settings.msm_lags), data["dt"], out / "timescales.png"),
         "eigenvectors": _eigen_similarity(metrics, out / "eigenvector_similarity.png"),
         "bonds": _bond_histograms(data["bonds"], out / "bond_lengths.png", settings.hist_bins),
