@@ -52,10 +52,6 @@ class BackmapModel:
     def grid(self) -> VoxelGrid:
         return self.network.grid
 
-    @property
-    def history(self) -> int:
-        return self.network.history
-
     def save(self, path: str | Path) -> Path:
         state = {
             "format": FORMAT,

@@ -46,10 +46,6 @@ class CVAEModule(pl.LightningModule):
         self.register_buffer("bonds", torch.as_tensor(bonded_pairs(omm_system)), persistent=False)
         self.forward_model = torch.compile(self.model) if compile else self.model
 
-    @property
-    def history(self) -> int:
-        return self.model.history
-
     def _terms(self, batch: dict[str, torch.Tensor], sample: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         aa, cg = batch["aa"], batch["cg"]
         density, coords, mean, log_var = self.forward_model(aa, cg, batch["aa_prev"], sample=sample)
