@@ -1,7 +1,8 @@
 """Training-data generation: Langevin dynamics with OpenMM, written in resumable chunks.
 
 Units: nm, ps, K, kJ/mol.  A run writes ``<out>/<name>.pdb`` (topology) and, when complete,
-``<out>/<name>.xtc`` plus ``<out>/<name>_energies.csv`` (time in ps, potential energy in kJ/mol).
+``<out>/<name>.xtc`` plus ``<out>/<name>_energies.csv`` (time in ps, potential energy in kJ/mol) and
+``<out>/<name>_settings.json``; rerunning with the same settings reuses the finished trajectory.
 While running, finished chunks and an OpenMM checkpoint live in ``<out>/<name>.chunks/``; rerunning the
 same command after an interruption continues from the last finished chunk.
 """
@@ -85,6 +86,7 @@ class Simulation:
         self.topology_path = self.out_dir / f"{name}.pdb"
         self.energies_path = self.out_dir / f"{name}_energies.csv"
         self.chunk_dir = self.out_dir / f"{name}.chunks"
+        self.settings_path = self.out_dir / f"{name}_settings.json"
 
     def _context(self) -> tuple[openmm.Context, openmm.Integrator]:
         cfg = self.config
@@ -99,8 +101,11 @@ class Simulation:
     def _settings_file(self) -> Path:
         return self.chunk_dir / "settings.json"
 
+    def _settings(self) -> dict:
+        return {"system": self.system.name, "n_atoms": self.system.n_atoms, **asdict(self.config)}
+
     def _finished_chunks(self) -> int:
-        settings = {"system": self.system.name, "n_atoms": self.system.n_atoms, **asdict(self.config)}
+        settings = self._settings()
         if not self.chunk_dir.exists():
             self.chunk_dir.mkdir(parents=True)
             self._settings_file().write_text(json.dumps(settings, indent=1))
@@ -118,6 +123,10 @@ class Simulation:
     def run(self, progress: bool = True) -> Path:
         """Run (or continue) the simulation; return the path of the finished trajectory."""
         if self.trajectory_path.exists():
+            stored = json.loads(self.settings_path.read_text()) if self.settings_path.exists() else None
+            if stored != self._settings():
+                raise ValueError(f"{self.trajectory_path} exists but was made with other settings ({stored}); "
+                                 "delete it or choose another name/out")
             return self.trajectory_path
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -166,6 +175,8 @@ class Simulation:
         energies = np.concatenate([np.load(c.with_suffix(".npy")) for c in chunks])
         with atomic_path(self.energies_path) as tmp:
             np.savetxt(tmp, energies, delimiter=",", header="time_ps,potential_energy_kJ_per_mol", comments="")
+        with atomic_path(self.settings_path) as tmp:
+            tmp.write_text(json.dumps(self._settings(), indent=1))
         with atomic_path(self.trajectory_path) as tmp:
             traj.save_xtc(str(tmp))
         shutil.rmtree(self.chunk_dir)

@@ -46,6 +46,16 @@ def test_interrupted_simulation_continues(tmp_path, adp, monkeypatch):
     assert traj.n_frames == 12 and np.allclose(traj.time, 0.5 * np.arange(1, 13))
 
 
+def test_finished_run_is_reused_only_with_the_same_settings(tmp_path, adp):
+    config = SimulationConfig(length_ps=1, save_interval_ps=0.5, equilibration_ps=0.1)
+    path = Simulation(adp, config, tmp_path, "r").run(progress=False)
+    stamp = path.stat().st_mtime
+    assert Simulation(adp, config, tmp_path, "r").run(progress=False).stat().st_mtime == stamp
+    longer = SimulationConfig(length_ps=2, save_interval_ps=0.5, equilibration_ps=0.1)
+    with pytest.raises(ValueError, match="exists but was made with other settings"):
+        Simulation(adp, longer, tmp_path, "r").run(progress=False)
+
+
 def test_rerun_with_other_settings_is_refused(tmp_path, adp):
     (tmp_path / "x.chunks").mkdir()
     (tmp_path / "x.chunks" / "settings.json").write_text("{}")
