@@ -27,12 +27,13 @@ class CVAEModule(pl.LightningModule):
 
     ``system`` is the dict of :meth:`MolecularSystem.to_dict`, ``grid`` the dict of :class:`VoxelGrid`
     (both stored in checkpoints), ``network`` the keyword arguments of :class:`BackmapCVAE`.
+    ``prev_noise_nm`` adds Gaussian noise (nm) to the previous frames during training only.
     """
 
     def __init__(self, system: dict, grid: dict, network: dict, weights: dict | None = None,
                  energy_weight: dict | None = None, kl_weight: dict | None = None, lr: float = 1e-3,
                  weight_decay: float = 0.0, lr_schedule: str = "none", temperature: float = 300.0,
-                 lag: int = 1, compile: bool = False) -> None:
+                 lag: int = 1, compile: bool = False, prev_noise_nm: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.system = MolecularSystem.from_dict(system)
@@ -69,6 +70,9 @@ class CVAEModule(pl.LightningModule):
         return total
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.hparams.prev_noise_nm > 0:  # imitate the model's own imperfect previous frames at inference
+            batch = {**batch, "aa_prev": batch["aa_prev"] + self.hparams.prev_noise_nm * torch.randn_like(
+                batch["aa_prev"])}
         terms, _ = self._terms(batch, sample=True)
         for name, value in terms.items():
             if not torch.isfinite(value):

@@ -92,6 +92,7 @@ def train(cfg: DictConfig) -> Path:
         energy_weight=OmegaConf.to_container(loss.energy), kl_weight=OmegaConf.to_container(loss.kl, resolve=True),
         lr=cfg.model.optim.lr, weight_decay=cfg.model.optim.weight_decay, lr_schedule=cfg.model.optim.lr_schedule,
         temperature=cfg.model.temperature_K, lag=cfg.data.lag, compile=cfg.model.compile,
+        prev_noise_nm=cfg.model.prev_noise_nm,
     )
     checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/loss" if len(
         data.val_idx) else None, save_last=True, save_top_k=1)

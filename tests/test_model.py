@@ -162,3 +162,16 @@ def test_data_of_other_system_fails_before_training(tmp_path, adp_traj, cln):
 
     with pytest.raises(ValueError, match="atoms"):
         train(train_config(tmp_path, adp_traj, system="cln"))
+
+
+def test_previous_frame_noise_only_in_training(adp_traj, adp):
+    module = make_module(adp, prev_noise_nm=0.05)
+    batch = batch_of(adp_traj, adp)
+    original = batch["aa_prev"].clone()
+    seen = []
+    module.model.condition = lambda cg, prev, f=module.model.condition: seen.append(prev) or f(cg, prev)
+    assert torch.isfinite(module.training_step(batch, 0))
+    assert torch.equal(batch["aa_prev"], original)  # the batch itself is untouched
+    assert 0.02 < (seen[0] - original).std().item() < 0.08  # the network saw noised previous frames
+    module.validation_step(batch, 0)
+    assert torch.equal(seen[1], original)  # validation sees clean ones
