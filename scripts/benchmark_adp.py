@@ -17,24 +17,19 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
-import mdtraj as md
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from hydra import initialize_config_module
 
-from tcbm.analysis.baselines import NearestNeighbourBackmapper
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
 from tcbm.analysis.report import metrics_table
 from tcbm.artifact import BackmapModel
-from tcbm.backmap import RolloutSettings, backmap_paths
+from tcbm.backmap import RolloutSettings
+from tcbm.demo import MODELS, backmap_with_baseline, train_model
 from tcbm.simulate import simulate
 from tcbm.systems import load_system
-from tcbm.training import train
 
-MODELS = {"tcbm": 1, "frame-based cVAE": 0}
 KT = 0.0083144626 * 300.0
 
 
@@ -72,37 +67,18 @@ def main() -> None:
     data = out / "data"
     train_xtc = simulate(system, data, "train", length_ps=args.train_ps, seed=1, chunk_frames=10_000)
     test_xtc = simulate(system, data, "test", length_ps=args.test_ps, seed=2, chunk_frames=10_000)
-    reference = md.load(str(test_xtc), top=str(data / "test.pdb"))
-
-    models = {}
+    overrides = [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *args.overrides]
+    paths = {}
     with initialize_config_module("tcbm.conf", version_base="1.3"):
         for label, history in MODELS.items():
-            run = out / "runs" / f"history{history}"
-            if not (run / "model.pt").exists():
-                cfg = compose("train", overrides=["experiment=adp_benchmark", f"data.trajectories={train_xtc}",
-                                                  f"model.network.history={history}",
-                                                  f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-                                                  *args.overrides])
-                OmegaConf.set_struct(cfg, False)
-                cfg.out = str(run)
-                train(cfg)
-            models[label] = BackmapModel.load(run / "model.pt")
-            timings[f"train_wall_s[{label}]"] = models[label].metadata["train_wall_s"]
-            timings[f"train_steps[{label}]"] = models[label].metadata["steps"]
-
-    datasets = {}
-    for label, model in models.items():
-        path = backmap_paths(model, [test_xtc], out / "runs" / f"backmapped_history{MODELS[label]}",
-                             RolloutSettings(seed=0), input_is_aa=True, device=device)[0]
-        summary = json.loads(path.with_suffix(".json").read_text())  # measured when it was backmapped
-        timings[f"backmap_frames_per_s[{label}]"] = summary["group_frames_per_s"]
-        timings[f"cg_rmsd_nm[{label}]"] = summary["cg_rmsd_nm"]
-        datasets[label] = md.load(str(path), top=str(data / "test.pdb"))
-    library = models["tcbm"].library
-    started = time.perf_counter()
-    nn_xyz = NearestNeighbourBackmapper(library.cg, library.aa).backmap(system.mapping(reference.xyz))
-    timings["backmap_frames_per_s[nearest-neighbour]"] = reference.n_frames / (time.perf_counter() - started)
-    datasets["nearest-neighbour"] = md.Trajectory(nn_xyz, reference.topology, time=reference.time)
+            paths[label] = train_model(out / "runs" / f"history{history}", "adp_benchmark", history, train_xtc,
+                                       overrides)
+            metadata = BackmapModel.load(paths[label]).metadata
+            timings[f"train_wall_s[{label}]"] = metadata["train_wall_s"]
+            timings[f"train_steps[{label}]"] = metadata["steps"]
+    reference, datasets, backmap_timings = backmap_with_baseline(paths, test_xtc, data / "test.pdb", out / "runs",
+                                                                 RolloutSettings(seed=0), device)
+    timings.update(backmap_timings)
 
     evaluation = Evaluation(EvaluationSettings()).fit(reference, datasets, system)
     evaluation.metrics["timings"] = timings
