@@ -13,7 +13,7 @@ import os
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from tcbm.artifact import BackmapModel
 from tcbm.geometry import aligned_rmsd, superpose
 from tcbm.io import atomic_path, check_finite, expand_paths, load_trajectory
 from tcbm.latent import LatentSampler
+from tcbm.rollout import autocast_context, roll
 from tcbm.writers import TrajectoryWriter
 
 
@@ -75,6 +76,10 @@ class Backmapper:
         self.network = model.network.to(self.device).eval()
         if self.settings.latent not in ("gmm", "prior"):
             raise ValueError(f"latent must be 'gmm' or 'prior', got {self.settings.latent!r}")
+        if self.settings.samples < 1 or self.settings.batch_size < 1 or self.settings.chunk_frames < 1:
+            raise ValueError("samples, batch_size and chunk_frames must be >= 1, got "
+                             f"{self.settings.samples}, {self.settings.batch_size}, {self.settings.chunk_frames}")
+        autocast_context(self.device, self.settings.autocast)  # rejects an unknown autocast setting now
         self.sampler = model.sampler if self.settings.latent == "gmm" else LatentSampler.prior(model.network.latent_dim)
         self.library_cg = torch.as_tensor(model.library.cg, device=self.device)
         self.library_prev = torch.as_tensor(model.library.aa_prev, device=self.device)
@@ -103,27 +108,16 @@ class Backmapper:
         """Roll out CG trajectories ``cg`` (B, T, n, 3) nm; yields chunks (B, t, N, 3) of all-atom frames.
         ``keys`` names each row (input name or index, sample index) for its random stream."""
         cg = cg.to(self.device, torch.float32)
-        batch, n_frames = cg.shape[:2]
         generators = self._generators(keys)
-        prev = self.seed_frames(cg[:, 0], structure)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.autocast or "")
-        autocast = torch.autocast(self.device.type, dtype=amp) if amp else nullcontext()
         chunk = self.settings.chunk_frames
-        for start in range(0, n_frames, chunk):
-            stop = min(start + chunk, n_frames)
+
+        def latents(start: int, stop: int) -> torch.Tensor:
             # always a full chunk of draws, so a row's latents do not depend on its group's length
-            z = torch.stack([self.sampler.sample(chunk, g) for g in generators], dim=1)
-            z = z.to(self.device, torch.float32)
-            frames = []
-            for t in range(start, stop):
-                centre = cg[:, t].mean(dim=1, keepdim=True)
-                with autocast:
-                    prev_centred = prev - centre[:, None]
-                    cond = self.network.condition(cg[:, t] - centre, prev_centred)
-                    coords = self.network.decode(cond, z[t - start], prev_centred)[1].float() + centre
-                frames.append(coords)
-                prev = torch.cat([coords[:, None], prev[:, :-1]], dim=1)
-            yield torch.stack(frames, dim=1)
+            z = torch.stack([self.sampler.sample(chunk, g) for g in generators])
+            return z[:, : stop - start].to(self.device, torch.float32)
+
+        yield from roll(self.network, cg, self.seed_frames(cg[:, 0], structure), latents, chunk,
+                        self.settings.autocast)
 
     def backmap(self, cg_trajectories: Sequence[np.ndarray], structure: np.ndarray | None = None) -> list[np.ndarray]:
         """In-memory API: all-atom trajectories (T, N, 3) for each CG trajectory (T, n, 3) and sample,

@@ -103,19 +103,23 @@ class TripleDataset(Dataset):
 
     An item (or batch, via ``__getitems__``) is a dict of float32 tensors: ``aa`` (N, 3), ``cg`` (n, 3),
     ``aa_prev`` (history, N, 3) ordered t-lag, t-2·lag, ...; coordinates in nm, centred on CG^t.
+    ``rotation_seed`` fixes each triple's rotation (reproducible validation); None draws a fresh one each time.
     """
 
     def __init__(self, xyz: np.ndarray, targets: np.ndarray, mapping: CGMapping, lag: int = 1, history: int = 1,
-                 augment: bool = True) -> None:
+                 augment: bool = True, rotation_seed: int | None = None) -> None:
         self.xyz = torch.as_tensor(xyz, dtype=torch.float32)
         self.targets = torch.as_tensor(targets, dtype=torch.long)
         self.mapping, self.lag, self.history, self.augment = mapping, lag, history, augment
+        self.fixed_rotations = None if rotation_seed is None else random_rotations(
+            len(targets), generator=torch.Generator().manual_seed(rotation_seed))
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitems__(self, items: Sequence[int]) -> dict[str, torch.Tensor]:
-        t = self.targets[torch.as_tensor(items, dtype=torch.long)]
+        items = torch.as_tensor(items, dtype=torch.long)
+        t = self.targets[items]
         aa = self.xyz[t]
         prev = torch.stack([self.xyz[t - h * self.lag] for h in range(1, self.history + 1)], dim=1) if self.history \
             else aa.new_zeros((len(t), 0, *aa.shape[1:]))
@@ -123,7 +127,8 @@ class TripleDataset(Dataset):
         centre = cg.mean(dim=1, keepdim=True)
         aa, cg, prev = aa - centre, cg - centre, prev - centre[:, None]
         if self.augment:
-            rot = random_rotations(len(t)).transpose(1, 2)
+            rot = (random_rotations(len(t)) if self.fixed_rotations is None else self.fixed_rotations[items])
+            rot = rot.transpose(1, 2)
             aa, cg, prev = aa @ rot, cg @ rot, prev @ rot[:, None]
         return {"aa": aa, "cg": cg, "aa_prev": prev, "index": t}
 
@@ -169,8 +174,10 @@ class BackmapDataModule(pl.LightningDataModule):
                 )
 
     def dataset(self, which: str, augment: bool = True) -> TripleDataset:
+        """Training triples rotate afresh every draw; validation triples keep one seeded rotation each."""
         idx = self.train_idx if which == "train" else self.val_idx
-        return TripleDataset(self.data.xyz, idx, self.system.mapping, self.lag, self.history, augment)
+        return TripleDataset(self.data.xyz, idx, self.system.mapping, self.lag, self.history, augment,
+                             rotation_seed=None if which == "train" else 0)
 
     def _loader(self, which: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(which)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from tcbm.model import BackmapCVAE
 
 
 class LatentSampler:
@@ -45,3 +49,21 @@ class LatentSampler:
     @classmethod
     def from_dict(cls, state: dict) -> LatentSampler:
         return cls(state["weights"], state["means"], state["covariances"])
+
+
+@torch.inference_mode()
+def encode_posterior_means(network: BackmapCVAE, dataset: Dataset, max_samples: int, batch_size: int,
+                           seed: int = 0, progress: bool = True) -> np.ndarray:
+    """Posterior means (samples, latent) of up to ``max_samples`` triples of ``dataset`` (a seeded random
+    subset), encoded on the network's device."""
+    device = next(network.parameters()).device
+    items = np.random.default_rng(seed).permutation(len(dataset))[:max_samples]
+    was_training = network.training
+    network.eval()
+    means = []
+    for start in tqdm(range(0, len(items), batch_size), desc="encode posterior", unit="batch", disable=not progress):
+        batch = {k: v.to(device) for k, v in dataset.__getitems__(items[start:start + batch_size]).items()}
+        cond = network.condition(batch["cg"], batch["aa_prev"])
+        means.append(network.encode(batch["aa"], cond)[0].double().cpu().numpy())
+    network.train(was_training)
+    return np.concatenate(means)

@@ -11,7 +11,8 @@ import torch
 from tcbm import losses
 from tcbm.energy import MMEnergy, bonded_pairs
 from tcbm.model import BackmapCVAE
-from tcbm.schedules import EnergyWeight, KLWeight
+from tcbm.rollout import advance, step
+from tcbm.schedules import EnergyWeight, KLWeight, UnrollSchedule
 from tcbm.systems import MolecularSystem
 from tcbm.voxels import VoxelGrid
 
@@ -27,13 +28,17 @@ class CVAEModule(pl.LightningModule):
 
     ``system`` is the dict of :meth:`MolecularSystem.to_dict`, ``grid`` the dict of :class:`VoxelGrid`
     (both stored in checkpoints), ``network`` the keyword arguments of :class:`BackmapCVAE`.
-    ``prev_noise_nm`` adds Gaussian noise (nm) to the previous frames during training only.
+    ``prev_noise_nm`` adds Gaussian noise (nm) to the previous frames during training only; ``unroll``
+    (keyword arguments of :class:`UnrollSchedule`) replaces them by the model's own rollout for part of the
+    batches (pushforward training; the batches must carry ``history + unroll.steps`` previous frames);
+    ``free_bits`` (nats per latent dimension) exempts that much KL per dimension from the penalty.
     """
 
     def __init__(self, system: dict, grid: dict, network: dict, weights: dict | None = None,
                  energy_weight: dict | None = None, kl_weight: dict | None = None, lr: float = 1e-3,
                  weight_decay: float = 0.0, lr_schedule: str = "none", temperature: float = 300.0,
-                 lag: int = 1, compile: bool = False, prev_noise_nm: float = 0.0) -> None:
+                 lag: int = 1, compile: bool = False, prev_noise_nm: float = 0.0, unroll: dict | None = None,
+                 free_bits: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.system = MolecularSystem.from_dict(system)
@@ -42,12 +47,17 @@ class CVAEModule(pl.LightningModule):
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
         self.energy_weight = EnergyWeight(**(energy_weight or {}))
         self.kl_weight = KLWeight(**(kl_weight or {}))
+        self.unroll = UnrollSchedule(**(unroll or {}))
+        if self.unroll.steps and not self.model.history:
+            raise ValueError("unroll needs a model with previous frames (model.network.history >= 1)")
         omm_system = self.system.openmm_system()
         self.energy = MMEnergy(omm_system)
         self.register_buffer("bonds", torch.as_tensor(bonded_pairs(omm_system)), persistent=False)
         self.forward_model = torch.compile(self.model) if compile else self.model
 
-    def _terms(self, batch: dict[str, torch.Tensor], sample: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _terms(self, batch: dict[str, torch.Tensor], sample: bool
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss terms, predicted coordinates, and latent diagnostics (raw KL in nats, active units)."""
         aa, cg = batch["aa"], batch["cg"]
         density, coords, mean, log_var = self.forward_model(aa, cg, batch["aa_prev"], sample=sample)
         terms = {
@@ -55,12 +65,14 @@ class CVAEModule(pl.LightningModule):
             "aa": losses.aa_loss(coords, aa),
             "cg": losses.cg_loss(coords, cg, self.system.mapping),
             "edm": losses.edm_loss(coords, aa),
-            "kl": losses.kl_loss(mean, log_var),
+            "kl": losses.kl_loss(mean, log_var, self.hparams.free_bits),
         }
         lam = self.energy_weight(self.global_step)
         if lam > 0:
             terms["energy"] = losses.energy_loss(coords, aa, self.energy, self.hparams.temperature)
-        return terms, coords
+        diagnostics = {"kl_nats": losses.kl_loss(mean, log_var).detach(),
+                       "active_units": losses.active_units(mean.detach()).float()}
+        return terms, coords, diagnostics
 
     def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         total = sum(self.weights[k] * terms[k] for k in ("vox", "aa", "cg", "edm"))
@@ -69,11 +81,30 @@ class CVAEModule(pl.LightningModule):
             total = total + self.energy_weight(self.global_step) * terms["energy"]
         return total
 
+    @torch.no_grad()
+    def unrolled_previous(self, aa_prev: torch.Tensor, k: int) -> torch.Tensor:
+        """Previous frames (B, history, N, 3) as the model's own rollout would give them: seeded with the
+        true frames t-(k+1)·lag.., it steps through frames t-k·lag .. t-lag (CG from the true frames, z from
+        the N(0, I) prior) with the shared autoregressive step; no gradient flows through the chain."""
+        history = self.model.history
+        previous = aa_prev[:, k:k + history]
+        for j in range(k, 0, -1):
+            cg = self.system.mapping(aa_prev[:, j - 1])
+            z = torch.randn(len(aa_prev), self.model.latent_dim, device=aa_prev.device)
+            previous = advance(previous, step(self.model, cg, previous, z))
+        return previous
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        history = self.model.history
+        aa_prev = batch["aa_prev"][:, :history]
+        k = self.unroll(self.global_step)
+        rows = int(round(self.unroll.fraction * len(aa_prev))) if k else 0
+        if rows:  # the first rows condition on the model's own k-step rollout, the rest on the truth
+            aa_prev = torch.cat([self.unrolled_previous(batch["aa_prev"][:rows], k), aa_prev[rows:]])
         if self.hparams.prev_noise_nm > 0:  # imitate the model's own imperfect previous frames at inference
-            batch = {**batch, "aa_prev": batch["aa_prev"] + self.hparams.prev_noise_nm * torch.randn_like(
-                batch["aa_prev"])}
-        terms, _ = self._terms(batch, sample=True)
+            aa_prev = aa_prev + self.hparams.prev_noise_nm * torch.randn_like(aa_prev)
+        batch = {**batch, "aa_prev": aa_prev}
+        terms, _, diagnostics = self._terms(batch, sample=True)
         for name, value in terms.items():
             if not torch.isfinite(value):
                 raise NonFiniteLossError(
@@ -82,20 +113,23 @@ class CVAEModule(pl.LightningModule):
                 )
         total = self._total(terms)
         batch_size = batch["aa"].shape[0]
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in {**terms, **diagnostics}.items()},
+                      batch_size=batch_size)
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         self.log_dict({"train/lambda": self.energy_weight(self.global_step),
-                       "train/beta": self.kl_weight(self.global_step)}, batch_size=batch_size)
+                       "train/beta": self.kl_weight(self.global_step), "train/unroll_frames": float(k)},
+                      batch_size=batch_size)
         return total
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        terms, coords = self._terms(batch, sample=False)
+        terms, coords, diagnostics = self._terms(batch, sample=False)
         aa = batch["aa"]
         i, j = self.bonds[:, 0], self.bonds[:, 1]
         bond_mae = ((coords[:, j] - coords[:, i]).norm(dim=-1) - (aa[:, j] - aa[:, i]).norm(dim=-1)).abs().mean()
         energy_diff = (self.energy(coords.double()) - self.energy(aa.double())).abs()
         batch_size = aa.shape[0]
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=batch_size)
+        self.log_dict({f"val/{k}": v for k, v in {**terms, **diagnostics}.items()},
+                      batch_size=batch_size)
         self.log("val/loss", self._total(terms), prog_bar=True, batch_size=batch_size)
         self.log("val/bond_mae_nm", bond_mae, prog_bar=True, batch_size=batch_size)
         self.log("val/energy_abs_diff_kJmol", energy_diff.median().float(), batch_size=batch_size)

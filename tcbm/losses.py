@@ -49,6 +49,22 @@ def energy_loss(pred: torch.Tensor, target: torch.Tensor, energy: MMEnergy, temp
     return (torch.sqrt(1 + diff.pow(2)) - 1).mean().to(pred.dtype)
 
 
-def kl_loss(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """KL(q(z|x) ‖ N(0, I)) summed over latent dimensions, averaged over the batch."""
-    return (-0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(-1)).mean()
+def kl_per_dimension(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) ‖ N(0, I)) per latent dimension (latent,), averaged over the batch (nats)."""
+    return (-0.5 * (1 + log_var - mean.pow(2) - log_var.exp())).mean(0)
+
+
+def kl_loss(mean: torch.Tensor, log_var: torch.Tensor, free_bits: float = 0.0) -> torch.Tensor:
+    """KL(q(z|x) ‖ N(0, I)) summed over latent dimensions, averaged over the batch (nats).  With
+    ``free_bits`` > 0 (nats per dimension, Kingma et al. 2016) a dimension's KL below it is not penalised,
+    so the encoder can put information into z without paying for it (against posterior collapse)."""
+    per_dimension = kl_per_dimension(mean, log_var)
+    if free_bits > 0:
+        per_dimension = per_dimension.clamp_min(free_bits)
+    return per_dimension.sum()
+
+
+def active_units(mean: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
+    """Number of latent dimensions whose posterior mean varies across the batch by more than
+    ``threshold`` (variance; Burda et al. 2016): how many dimensions carry information."""
+    return (mean.var(dim=0) > threshold).sum()

@@ -45,3 +45,27 @@ class KLWeight:
         period = self.total_steps / self.n_cycles
         phase = (step % period) / period
         return self.beta_max * min(1.0, phase / self.ratio)
+
+
+@dataclass(frozen=True)
+class UnrollSchedule:
+    """How many frames K a training batch is rolled out with the model's own outputs before the loss
+    (pushforward training): 0 before ``start_step``; then K grows by one every ``ramp_steps`` up to
+    ``steps`` (a curriculum).  A ``fraction`` of the batches is unrolled, the rest teacher-forced."""
+
+    steps: int = 0
+    start_step: int = 0
+    ramp_steps: int = 0
+    fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.start_step < 0 or self.ramp_steps < 0 or not 0 <= self.fraction <= 1:
+            raise ValueError(f"invalid unroll schedule {self}: need steps, start_step, ramp_steps >= 0 and "
+                             "0 <= fraction <= 1")
+
+    def __call__(self, step: int) -> int:
+        if self.steps == 0 or step < self.start_step:
+            return 0
+        if self.ramp_steps == 0:
+            return self.steps
+        return min(self.steps, 1 + (step - self.start_step) // self.ramp_steps)

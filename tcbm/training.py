@@ -11,13 +11,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
-from tqdm.auto import tqdm
 
 from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.data import BackmapDataModule, TripleDataset
-from tcbm.latent import LatentSampler
+from tcbm.latent import LatentSampler, encode_posterior_means
 from tcbm.lightning import CVAEModule
 from tcbm.systems import MolecularSystem, load_system
+from tcbm.validation import RolloutValidation, RolloutValidationSettings, rollout_windows
 from tcbm.voxels import VoxelGrid
 
 
@@ -42,21 +42,6 @@ def check_checkpoint(path: str | Path, system: MolecularSystem, grid: VoxelGrid,
         raise ValueError(f"checkpoint {path} does not match this run: " + "; ".join(problems))
 
 
-@torch.inference_mode()
-def encode_posterior_means(module: CVAEModule, dataset: TripleDataset, max_samples: int, batch_size: int,
-                           seed: int = 0) -> np.ndarray:
-    """Posterior means of (up to ``max_samples``) training triples, randomly rotated as in training."""
-    rng = np.random.default_rng(seed)
-    items = rng.permutation(len(dataset))[:max_samples]
-    module.eval()
-    means = []
-    for start in tqdm(range(0, len(items), batch_size), desc="encode posterior", unit="batch"):
-        batch = {k: v.to(module.device) for k, v in dataset.__getitems__(items[start:start + batch_size]).items()}
-        cond = module.model.condition(batch["cg"], batch["aa_prev"])
-        means.append(module.model.encode(batch["aa"], cond)[0].double().cpu().numpy())
-    return np.concatenate(means)
-
-
 def _loggers(out: Path) -> list:
     loggers = [CSVLogger(str(out), name="logs")]
     try:
@@ -69,18 +54,49 @@ def _loggers(out: Path) -> list:
     return loggers
 
 
+def _rollout_validation(cfg: DictConfig, data: BackmapDataModule, system: MolecularSystem, network: dict
+                        ) -> RolloutValidation | None:
+    """The rollout-validation callback over windows of the validation split (None without one)."""
+    settings = RolloutValidationSettings(**OmegaConf.to_container(cfg.rollout_validation, resolve=True))
+    windows = rollout_windows(data.val_idx, settings.frames, settings.windows)
+    if not windows:
+        return None
+    library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag,
+                                      network["history"], cfg.model.seed_library_size)
+    posterior_set = TripleDataset(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag, network["history"],
+                                  rotation_seed=settings.seed)
+    return RolloutValidation(data.data.xyz[np.stack(windows)], library, posterior_set, settings, network,
+                             cfg.data.lag)
+
+
+def _selected_checkpoint(cfg: DictConfig, best: ModelCheckpoint, last: Path) -> Path:
+    """The checkpoint whose weights ``model.pt`` gets: the best by ``selection.monitor`` or the last."""
+    if cfg.selection.weights not in ("best", "last"):
+        raise ValueError(f"selection.weights must be 'best' or 'last', got {cfg.selection.weights!r}")
+    if cfg.selection.weights == "best" and best.best_model_path:
+        return Path(best.best_model_path)
+    return last
+
+
 def train(cfg: DictConfig) -> Path:
-    """Train a model from a ``conf/train.yaml``-shaped config; returns the artefact path."""
+    """Train a model from a ``conf/train.yaml``-shaped config; returns the artefact path.
+
+    ``checkpoints/last.ckpt`` always holds the final weights; ``model.pt`` holds those chosen by
+    ``selection`` (by default the validation with the lowest rollout energy W1), and its metadata records
+    which step they are from."""
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.out)
     system = load_system(OmegaConf.to_container(cfg.system, resolve=True))
     grid = VoxelGrid(**cfg.model.grid)
     network = OmegaConf.to_container(cfg.model.network, resolve=True)
+    unroll = OmegaConf.to_container(cfg.model.unroll, resolve=True)
     trajectories = cfg.data.trajectories
     if OmegaConf.is_list(trajectories):
         trajectories = OmegaConf.to_container(trajectories, resolve=True)
-    data = BackmapDataModule(system, trajectories, topology=cfg.data.topology, lag=cfg.data.lag, history=network["history"],
+    # unrolled training needs the frames it starts from: history + unroll.steps previous frames per triple
+    context = network["history"] + (unroll["steps"] if network["history"] else 0)
+    data = BackmapDataModule(system, trajectories, topology=cfg.data.topology, lag=cfg.data.lag, history=context,
                              stride=cfg.data.stride, split=cfg.data.split, val_fraction=cfg.data.val_fraction,
                              n_blocks=cfg.data.n_blocks, batch_size=cfg.data.batch_size,
                              num_workers=cfg.data.num_workers, max_radius=grid.max_radius)
@@ -92,26 +108,40 @@ def train(cfg: DictConfig) -> Path:
         energy_weight=OmegaConf.to_container(loss.energy), kl_weight=OmegaConf.to_container(loss.kl, resolve=True),
         lr=cfg.model.optim.lr, weight_decay=cfg.model.optim.weight_decay, lr_schedule=cfg.model.optim.lr_schedule,
         temperature=cfg.model.temperature_K, lag=cfg.data.lag, compile=cfg.model.compile,
-        prev_noise_nm=cfg.model.prev_noise_nm,
+        prev_noise_nm=cfg.model.prev_noise_nm, unroll=unroll, free_bits=loss.free_bits,
     )
-    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/loss" if len(
-        data.val_idx) else None, save_last=True, save_top_k=1)
+    has_val = len(data.val_idx) > 0
+    rollout_validation = _rollout_validation(cfg, data, system, network) if has_val else None
+    monitor = cfg.selection.monitor
+    if monitor.startswith("val/rollout/") and rollout_validation is None:
+        monitor = "val/bond_mae_nm"  # validation split too short to roll out
+    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor if has_val
+                                  else None, mode=cfg.selection.mode, save_last=True, save_top_k=1)
+    callbacks = [c for c in (rollout_validation, checkpoints) if c is not None]
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), default_root_dir=str(out),
-                         callbacks=[checkpoints], logger=_loggers(out), limit_val_batches=None if len(data.val_idx)
-                         else 0)
+                         callbacks=callbacks, logger=_loggers(out), limit_val_batches=None if has_val else 0)
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     if trainer.fast_dev_run:
         return out
-    if checkpoints.best_model_path:
-        module = CVAEModule.load_from_checkpoint(checkpoints.best_model_path, map_location="cpu")
-    train_set = data.dataset("train")
+    last = out / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(last)  # the final weights, whatever the last validation was
+    if not trainer.is_global_zero:
+        return out / "model.pt"
+    selected = _selected_checkpoint(cfg, checkpoints, last)
+    state = torch.load(selected, map_location=module.device, weights_only=False)
+    module.load_state_dict(state["state_dict"])
     sampler = LatentSampler.fit(
-        encode_posterior_means(module, train_set, cfg.model.gmm.max_samples, cfg.data.batch_size, cfg.seed),
+        encode_posterior_means(module.model, data.dataset("train"), cfg.model.gmm.max_samples, cfg.data.batch_size,
+                               cfg.seed),
         cfg.model.gmm.components, cfg.seed,
     )
     library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag,
                                       network["history"], cfg.model.seed_library_size)
     metadata = {"train_wall_s": time.perf_counter() - started, "steps": trainer.global_step,
+                "weights_step": state["global_step"], "weights_checkpoint": selected.name,
+                "selection": {"monitor": monitor, "mode": cfg.selection.mode, "weights": cfg.selection.weights,
+                              "best_score": None if checkpoints.best_model_score is None
+                              else float(checkpoints.best_model_score)},
                 "trajectories": data.data.sources, "config": OmegaConf.to_container(cfg, resolve=True)}
     model = BackmapModel(module.model.cpu(), network, system, sampler, library, cfg.data.lag, metadata)
     return model.save(out / "model.pt")

@@ -42,7 +42,7 @@ def test_all_six_terms_have_gradients(adp_traj, adp):
     module = make_module(adp, energy_weight={"final": 1.0, "warmup_steps": 0, "tau_steps": 1.0})
     module.energy_weight = EnergyWeight(final=1.0, warmup_steps=-10, tau_steps=1.0)  # λ > 0 at step 0
     batch = batch_of(adp_traj, adp)
-    terms, coords = module._terms(batch, sample=True)
+    terms, coords, _ = module._terms(batch, sample=True)
     assert set(terms) == {"vox", "aa", "cg", "edm", "energy", "kl"}
     assert coords.shape == (8, 22, 3)
     for name, value in terms.items():
@@ -71,7 +71,7 @@ def test_tiny_model_overfits_32_triples(adp_traj, adp):
     optimizer = torch.optim.Adam(module.parameters(), 3e-3)
     first = None
     for _ in range(250):
-        terms, _ = module._terms(batch, sample=True)
+        terms, _, _ = module._terms(batch, sample=True)
         first = first if first is not None else terms["aa"].item()
         optimizer.zero_grad()
         module._total(terms).backward()

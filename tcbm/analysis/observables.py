@@ -105,3 +105,44 @@ def frame_speeds(xyz: np.ndarray, dt_ps: float, rescale: float = 1.0) -> np.ndar
     """Per-atom finite-difference speeds |x_{t+1} − x_t| / dt (nm/ps) between consecutive frames,
     flattened; ``rescale`` multiplies them (e.g. to undo a CG model's faster dynamics)."""
     return rescale * np.linalg.norm(np.diff(xyz, axis=0), axis=-1).ravel() / dt_ps
+
+
+def methyl_rotors(topology: md.Topology) -> dict[str, list[int]]:
+    """Dihedral quadruples H–C–X–Y of every methyl group (a carbon with three hydrogens), named
+    ``<residue>:<carbon>``: H is the methyl's first hydrogen, X the carbon's heavy neighbour and Y a heavy
+    neighbour of X.  These rotors are not fixed by a backbone CG, so they show what a backmapper invents."""
+    neighbours = defaultdict(list)
+    for a, b in topology.bonds:
+        neighbours[a.index].append(b)
+        neighbours[b.index].append(a)
+    rotors = {}
+    for atom in topology.atoms:
+        if atom.element.symbol != "C":
+            continue
+        hydrogens = [n for n in neighbours[atom.index] if n.element.symbol == "H"]
+        heavy = [n for n in neighbours[atom.index] if n.element.symbol != "H"]
+        if len(hydrogens) != 3 or len(heavy) != 1:
+            continue
+        beyond = [n for n in neighbours[heavy[0].index] if n.element.symbol != "H" and n.index != atom.index]
+        if beyond:
+            rotors[f"{atom.residue.name}{atom.residue.resSeq}:{atom.name}"] = [
+                hydrogens[0].index, atom.index, heavy[0].index, min(beyond, key=lambda n: n.index).index]
+    return rotors
+
+
+def dihedral_autocorrelation(angles: np.ndarray, lags: list[int]) -> np.ndarray:
+    """⟨cos(φ(t+τ) − φ(t))⟩ of dihedral time series ``angles`` (frames, k) rad at frame lags ``lags``
+    (k values per lag, shape (len(lags), k)); 1 for a frozen rotor, −0.5 after a 120° methyl hop."""
+    return np.array([np.cos(angles[lag:] - angles[:-lag]).mean(axis=0) if lag < len(angles)
+                     else np.full(angles.shape[1], np.nan) for lag in lags])
+
+
+def rotor_autocorrelations(traj: md.Trajectory, lags_ps: list[float], dt_ps: float) -> dict[str, list[float]]:
+    """Methyl-rotor dihedral autocorrelation at ``lags_ps`` (ps) per rotor of ``traj`` (frames ``dt_ps`` apart)."""
+    rotors = methyl_rotors(traj.topology)
+    if not rotors:
+        return {}
+    angles = md.compute_dihedrals(traj, np.array(list(rotors.values())))
+    lags = [max(1, int(round(lag / dt_ps))) for lag in lags_ps]
+    values = dihedral_autocorrelation(angles, lags)
+    return {name: [float(v) for v in values[:, k]] for k, name in enumerate(rotors)}

@@ -1,0 +1,63 @@
+"""The autoregressive step, ÂA^t = decoder(CG^t, ÂA^{t-1..t-k}, z), shared by every path that rolls out:
+unrolled (pushforward) training, rollout validation and ``tcbm backmap``.  Keeping one function for it
+means the three cannot diverge.
+
+Coordinates are in nm, in any frame of reference: each step centres its inputs on the CG^t centroid
+(the frame the network was trained in) and returns the prediction in the input's frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+
+import torch
+
+from tcbm.model import BackmapCVAE
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(device: torch.device, autocast: str | None):
+    """``torch.autocast`` for ``autocast`` in (None, 'bf16', 'fp16'); the network keeps its output layer,
+    the previous-frame prior, the softmax and the coordinate read-out in float32 either way."""
+    if autocast is None:
+        return nullcontext()
+    if autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be null, 'bf16' or 'fp16', got {autocast!r}")
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[autocast])
+
+
+def step(network: BackmapCVAE, cg: torch.Tensor, previous: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """One autoregressive step: all-atom frame (B, N, 3) from CG^t (B, n, 3), the previous all-atom frames
+    ``previous`` (B, k, N, 3) ordered newest first, and latents ``z`` (B, latent)."""
+    centre = cg.mean(dim=1, keepdim=True)
+    previous_centred = previous - centre[:, None]
+    cond = network.condition(cg - centre, previous_centred)
+    return network.decode(cond, z.to(cond.dtype), previous_centred)[1].float() + centre
+
+
+def advance(previous: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """The previous-frame stack for the next step: ``frame`` (B, N, 3) becomes the newest of (B, k, N, 3)."""
+    return torch.cat([frame[:, None], previous[:, :-1]], dim=1)
+
+
+def roll(network: BackmapCVAE, cg: torch.Tensor, previous: torch.Tensor,
+         latents: Callable[[int, int], torch.Tensor], chunk_frames: int | None = None,
+         autocast: str | None = None) -> Iterator[torch.Tensor]:
+    """Roll CG trajectories ``cg`` (B, T, n, 3) out from the seed frames ``previous`` (B, k, N, 3), each
+    step fed the model's own previous output; yields chunks (B, t, N, 3) of ``chunk_frames`` frames
+    (all T at once if None).  ``latents(start, stop)`` returns z (B, stop − start, latent) for those frames."""
+    n_frames = cg.shape[1]
+    chunk = chunk_frames or n_frames
+    amp = autocast_context(cg.device, autocast)
+    for start in range(0, n_frames, chunk):
+        stop = min(start + chunk, n_frames)
+        z = latents(start, stop)
+        frames = []
+        for t in range(start, stop):
+            with amp:
+                frame = step(network, cg[:, t], previous, z[:, t - start])
+            frames.append(frame)
+            previous = advance(previous, frame)
+        yield torch.stack(frames, dim=1)
