@@ -14,18 +14,20 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mdtraj as md
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from tcbm.artifact import BackmapModel
 from tcbm.geometry import aligned_rmsd, superpose
 from tcbm.io import atomic_path, check_finite, expand_paths, load_trajectory
 from tcbm.latent import LatentSampler
+from tcbm.refine import RefinementSettings, Refiner
 from tcbm.rollout import autocast_context, roll
 from tcbm.writers import TrajectoryWriter
 
@@ -55,7 +57,8 @@ def nearest_library_frames(library_cg: torch.Tensor, cg: torch.Tensor, candidate
 @dataclass
 class RolloutSettings:
     """How to roll out: ``samples`` per input, latent source ``'gmm'`` or ``'prior'``, ``seed``,
-    ``batch_size`` (rollouts advanced together), ``chunk_frames`` (frames per disk write), autocast dtype."""
+    ``batch_size`` (rollouts advanced together), ``chunk_frames`` (frames per disk write), autocast dtype,
+    and the optional physics ``refinement`` of every frame (off unless ``refinement.steps`` > 0)."""
 
     samples: int = 1
     latent: str = "gmm"
@@ -64,6 +67,7 @@ class RolloutSettings:
     chunk_frames: int = 256
     autocast: str | None = None  # None | "bf16" | "fp16"
     progress: bool = True
+    refinement: RefinementSettings = field(default_factory=RefinementSettings)
 
 
 class Backmapper:
@@ -81,6 +85,8 @@ class Backmapper:
                              f"{self.settings.samples}, {self.settings.batch_size}, {self.settings.chunk_frames}")
         autocast_context(self.device, self.settings.autocast)  # rejects an unknown autocast setting now
         self.sampler = model.sampler if self.settings.latent == "gmm" else LatentSampler.prior(model.network.latent_dim)
+        self.refiner = Refiner(model.system, self.settings.refinement).to(self.device) \
+            if self.settings.refinement.steps else None
         self.library_cg = torch.as_tensor(model.library.cg, device=self.device)
         self.library_prev = torch.as_tensor(model.library.aa_prev, device=self.device)
 
@@ -97,10 +103,24 @@ class Backmapper:
             prev_cg = self.library_cg[index]
         return superpose(prev_cg, cg0, carry=prev.reshape(len(cg0), -1, 3)).reshape(prev.shape)
 
-    def _generators(self, keys: Sequence[tuple[object, int]]) -> list[torch.Generator]:
+    def _generators(self, keys: Sequence[tuple[object, int]], stream: str = "") -> list[torch.Generator]:
         """One random stream per (input name, sample), so results depend neither on batching nor on
-        which process handles an input."""
-        return [torch.Generator().manual_seed(zlib.crc32(f"{self.settings.seed}/{i}/{s}".encode())) for i, s in keys]
+        which process handles an input; ``stream`` names independent streams (latents, refinement)."""
+        return [torch.Generator().manual_seed(zlib.crc32(f"{self.settings.seed}/{i}/{s}{stream}".encode()))
+                for i, s in keys]
+
+    def _refine(self, keys: Sequence[tuple[object, int]]):
+        """The per-frame refinement of :func:`roll` for rows ``keys`` (None when refinement is off)."""
+        if self.refiner is None:
+            return None
+        generators = self._generators(keys, "/refine")
+        shape = (self.settings.refinement.steps, self.model.system.n_atoms, 3)
+
+        def refine(frame: torch.Tensor, cg: torch.Tensor) -> torch.Tensor:
+            noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+            return self.refiner(frame, cg, noise)
+
+        return refine
 
     @torch.inference_mode()
     def rollout(self, cg: torch.Tensor, keys: Sequence[tuple[object, int]], structure: np.ndarray | None = None
@@ -117,7 +137,7 @@ class Backmapper:
             return z[:, : stop - start].to(self.device, torch.float32)
 
         yield from roll(self.network, cg, self.seed_frames(cg[:, 0], structure), latents, chunk,
-                        self.settings.autocast)
+                        self.settings.autocast, self._refine(keys))
 
     def backmap(self, cg_trajectories: Sequence[np.ndarray], structure: np.ndarray | None = None) -> list[np.ndarray]:
         """In-memory API: all-atom trajectories (T, N, 3) for each CG trajectory (T, n, 3) and sample,
@@ -265,7 +285,8 @@ def _run_group(backmapper: Backmapper, cg_inputs: list[CGInput], stems: list[str
         for r, (g, s) in enumerate(rows):
             summary = {"input": str(cg_inputs[g].path), "sample": s, "frames": lengths[r],
                        "cg_rmsd_nm": float(np.sqrt(sq_error[r] / lengths[r])),
-                       "group_frames_per_s": float(sum(lengths) / elapsed), "seed": settings.seed}
+                       "group_frames_per_s": float(sum(lengths) / elapsed), "seed": settings.seed,
+                       "refinement_steps": settings.refinement.steps}
             with atomic_path(paths[g][s].with_suffix(".json")) as tmp:
                 tmp.write_text(json.dumps(summary, indent=1))
     return [paths[g][s] for g, s in rows]
@@ -276,7 +297,8 @@ def backmap_files(cfg) -> list[Path]:
     model = BackmapModel.load(cfg.model)
     inputs = distributed_share(expand_paths(list(cfg.cg) if not isinstance(cfg.cg, str) else cfg.cg))
     settings = RolloutSettings(samples=cfg.samples, latent=cfg.latent, seed=cfg.seed, batch_size=cfg.batch_size,
-                               chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, progress=cfg.progress)
+                               chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, progress=cfg.progress,
+                               refinement=RefinementSettings(**OmegaConf.to_container(cfg.refine, resolve=True)))
     if cfg.compile:
         model.network.decoder = torch.compile(model.network.decoder)
     return backmap_paths(model, inputs, cfg.out, settings, cfg.format, cfg.cg_top, cfg.input_is_aa, cfg.aa_top,

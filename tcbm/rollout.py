@@ -44,10 +44,12 @@ def advance(previous: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
 
 def roll(network: BackmapCVAE, cg: torch.Tensor, previous: torch.Tensor,
          latents: Callable[[int, int], torch.Tensor], chunk_frames: int | None = None,
-         autocast: str | None = None) -> Iterator[torch.Tensor]:
+         autocast: str | None = None,
+         refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
     """Roll CG trajectories ``cg`` (B, T, n, 3) out from the seed frames ``previous`` (B, k, N, 3), each
     step fed the model's own previous output; yields chunks (B, t, N, 3) of ``chunk_frames`` frames
-    (all T at once if None).  ``latents(start, stop)`` returns z (B, stop − start, latent) for those frames."""
+    (all T at once if None).  ``latents(start, stop)`` returns z (B, stop − start, latent) for those frames;
+    ``refine(frame, cg_t)``, if given, post-processes every frame before it is output and fed back."""
     n_frames = cg.shape[1]
     chunk = chunk_frames or n_frames
     amp = autocast_context(cg.device, autocast)
@@ -58,6 +60,8 @@ def roll(network: BackmapCVAE, cg: torch.Tensor, previous: torch.Tensor,
         for t in range(start, stop):
             with amp:
                 frame = step(network, cg[:, t], previous, z[:, t - start])
+            if refine is not None:
+                frame = refine(frame, cg[:, t])
             frames.append(frame)
             previous = advance(previous, frame)
         yield torch.stack(frames, dim=1)

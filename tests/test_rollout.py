@@ -116,3 +116,35 @@ def test_rotor_autocorrelation_known_answers(adp_traj):
     hops = np.repeat(np.array([0.0, 2 * np.pi / 3]), 50)[None].repeat(1, 0).T  # one 120° hop
     assert dihedral_autocorrelation(hops, [100])[0, 0] == pytest.approx(-0.5)
     assert np.isnan(dihedral_autocorrelation(hops, [500])).all()
+
+
+def test_refinement_thermalises_distorted_frames_on_the_cg(adp_traj, adp):
+    from tcbm.analysis.observables import potential_energies
+    from tcbm.refine import RefinementSettings, Refiner
+
+    xyz = torch.as_tensor(md.load(str(adp_traj[0]), top=str(adp_traj[1])).xyz[::6][:16])
+    cg = adp.mapping(xyz)
+    distorted = xyz + 0.015 * torch.randn(xyz.shape, generator=torch.Generator().manual_seed(0))
+    refiner = Refiner(adp, RefinementSettings(steps=40))
+    noise = torch.randn(16, 40, adp.n_atoms, 3, generator=torch.Generator().manual_seed(1))
+    refined = refiner(distorted, cg, noise)
+    u_ref, u_bad, u_new = (np.median(potential_energies(x.numpy(), adp)) for x in (xyz, distorted, refined))
+    assert u_bad - u_ref > 300  # the distortion costs hundreds of kJ/mol
+    assert abs(u_new - u_ref) < 40  # refinement brings the energy back to the thermal range
+    assert torch.allclose(adp.mapping(refined), cg, atol=1e-5)  # restrained to the CG exactly
+    heavy, hydrogen = refiner.hbond_index[:, 0], refiner.hbond_index[:, 1]
+    lengths = (refined[:, hydrogen] - refined[:, heavy]).norm(dim=-1).double()
+    assert len(hydrogen) == 12 and torch.allclose(lengths, refiner.hbond_length.expand_as(lengths), atol=1e-5)
+
+
+def test_refined_rollouts_do_not_depend_on_batching(tiny_model, cg_inputs):
+    from tcbm.backmap import Backmapper, RolloutSettings
+    from tcbm.refine import RefinementSettings
+
+    cg = [md.load(str(p)).xyz[:6] for p in cg_inputs]
+    refine = RefinementSettings(steps=3)
+    batched = Backmapper(tiny_model, RolloutSettings(progress=False, refinement=refine), "cpu").backmap(cg)
+    single = Backmapper(tiny_model, RolloutSettings(batch_size=1, progress=False, refinement=refine), "cpu").backmap(cg)
+    plain = Backmapper(tiny_model, RolloutSettings(progress=False), "cpu").backmap(cg)
+    for x, y, z in zip(batched, single, plain, strict=True):
+        assert np.abs(x - y).max() < 1e-3 and np.abs(x - z).max() > 1e-3

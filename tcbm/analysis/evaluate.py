@@ -45,6 +45,7 @@ class EvaluationSettings:
     hist_bins: int = 100
     clash_threshold_nm: float = obs.CLASH_THRESHOLD_NM
     velocity_rescale: dict[str, float] = field(default_factory=dict)
+    rotor_lags_ps: tuple[float, ...] = (1.0, 20.0, 100.0)
     seed: int = 0
 
 
@@ -92,6 +93,7 @@ class Evaluation:
                             s.normalize_timescales).fit(dtrajs, "reference")
         cg_ref = cg if cg is not None else system.mapping(reference.xyz)
         ref_bond_means = {k: v.reshape(reference.n_frames, -1).mean(0) for k, v in bonds["reference"].items()}
+        rotors = {k: obs.rotor_autocorrelations(t, list(s.rotor_lags_ps), dt) for k, t in everything.items()}
         metrics = {}
         for name, traj in everything.items():
             bond_means = {k: v.reshape(traj.n_frames, -1).mean(0) for k, v in bonds[name].items()}
@@ -115,6 +117,10 @@ class Evaluation:
                 "cg_rmsd_nm": float(obs.cg_rmsd(traj.xyz, cg_ref, system.mapping).mean())
                 if len(cg_ref) == traj.n_frames else None,
                 "msm": msm[name],
+                "rotor_autocorrelation": rotors[name],
+                "rotor_autocorrelation_max_error": max(
+                    (abs(a - b) for r in rotors[name] for a, b in zip(rotors[name][r], rotors["reference"][r])),
+                    default=None),
             }
             metrics[name] = entry
         self.metrics = {"units": UNITS, "settings": {**asdict(self.settings), "dt_ps": dt, "cv": self.cv_kind},
