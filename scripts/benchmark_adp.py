@@ -27,6 +27,7 @@ from tcbm.analysis.report import metrics_table
 from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings
 from tcbm.demo import MODELS, backmap_with_baseline, train_model
+from tcbm.refine import RefinementSettings
 from tcbm.simulate import simulate
 from tcbm.systems import load_system
 
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--test-ps", type=float, default=50_000.0)
     parser.add_argument("--overrides", nargs="*", default=[], help="extra tcbm train overrides")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--refine-steps", type=int, default=20,
+                        help="also evaluate tcbm + this many physics-refinement steps, as its own row (0: no)")
     args = parser.parse_args()
     out = Path(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,7 +80,8 @@ def main() -> None:
             timings[f"train_wall_s[{label}]"] = metadata["train_wall_s"]
             timings[f"train_steps[{label}]"] = metadata["steps"]
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_xtc, data / "test.pdb", out / "runs",
-                                                                 RolloutSettings(seed=0), device)
+                                                                 RolloutSettings(seed=0, refinement=RefinementSettings(
+                                                                     steps=args.refine_steps)), device, refine="tcbm")
     timings.update(backmap_timings)
 
     evaluation = Evaluation(EvaluationSettings()).fit(reference, datasets, system)

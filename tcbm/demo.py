@@ -2,8 +2,8 @@
 
 Stages (each reused when its output exists, unless ``force=true``): simulate training and held-out
 trajectories; train tcbm (``history: 1``) and the frame-based ablation (``history: 0``); backmap the
-held-out CG trajectory with both; evaluate them and the nearest-neighbour library baseline against
-the held-out reference.
+held-out CG trajectory with both (and, labelled as such, with tcbm plus the optional physics refinement);
+evaluate them and the nearest-neighbour library baseline against the held-out reference.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mdtraj as md
@@ -22,6 +23,7 @@ from tcbm.analysis.baselines import NearestNeighbourBackmapper
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
 from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings, backmap_paths
+from tcbm.refine import RefinementSettings
 from tcbm.simulate import simulate
 from tcbm.systems import load_system
 from tcbm.training import train
@@ -47,18 +49,30 @@ def train_model(out: Path, experiment: str, history: int, trajectory: Path, over
     return train(cfg)
 
 
+def refined_label(label: str, refinement: RefinementSettings) -> str:
+    """How a refined data set is labelled in reports: never mistaken for the model's own output."""
+    return f"{label} + refinement ({refinement.steps} steps)"
+
+
 def backmap_with_baseline(model_paths: dict[str, Path], test_xtc: Path, topology: Path, out: Path,
-                          settings: RolloutSettings, device: str) -> tuple[md.Trajectory, dict, dict[str, float]]:
+                          settings: RolloutSettings, device: str, refine: str | None = None
+                          ) -> tuple[md.Trajectory, dict, dict[str, float]]:
     """Backmap the all-atom ``test_xtc`` (mapped to CG first) with every model into
     ``out/backmapped_<model folder>``, and with the nearest-neighbour baseline built from the first
-    model's library.  Returns the reference, the data sets by label, and frames/s and CG-consistency
-    RMSD (nm) per label, as measured when each was backmapped."""
+    model's library.  With ``settings.refinement.steps`` > 0 the model labelled ``refine`` is backmapped
+    once more with the physics refinement (``out/backmapped_<model folder>_refined<steps>``), as a data set
+    of its own (:func:`refined_label`); the others are never refined.  Returns the reference, the data sets
+    by label, and frames/s and CG-consistency RMSD (nm) per label, as measured when each was backmapped."""
     reference = md.load(str(test_xtc), top=str(topology))
+    plain = replace(settings, refinement=RefinementSettings())
+    runs = [(label, path, plain, f"backmapped_{path.parent.name}") for label, path in model_paths.items()]
+    if settings.refinement.steps and refine in model_paths:
+        runs.append((refined_label(refine, settings.refinement), model_paths[refine], settings,
+                     f"backmapped_{model_paths[refine].parent.name}_refined{settings.refinement.steps}"))
     datasets, timings = {}, {}
-    for label, path in model_paths.items():
+    for label, path, run_settings, folder in runs:
         model = BackmapModel.load(path)
-        result = backmap_paths(model, [test_xtc], out / f"backmapped_{path.parent.name}", settings,
-                               input_is_aa=True, device=device)[0]
+        result = backmap_paths(model, [test_xtc], out / folder, run_settings, input_is_aa=True, device=device)[0]
         summary = json.loads(result.with_suffix(".json").read_text())
         timings[f"backmap_frames_per_s[{label}]"] = summary["group_frames_per_s"]
         timings[f"cg_rmsd_nm[{label}]"] = summary["cg_rmsd_nm"]
@@ -97,9 +111,10 @@ def run_demo(cfg: DictConfig) -> Path:
         timings[f"train_{label}_s"] = time.perf_counter() - started
 
     _stage("3/4 backmap the held-out CG trajectory autoregressively")
-    settings = RolloutSettings(samples=cfg.backmap.samples, seed=cfg.backmap.seed)
+    settings = RolloutSettings(samples=cfg.backmap.samples, seed=cfg.backmap.seed,
+                               refinement=RefinementSettings(steps=cfg.backmap.refine_steps))
     reference, datasets, backmap_timings = backmap_with_baseline(models, test_xtc, data / "test.pdb", out, settings,
-                                                                 device)
+                                                                 device, refine="tcbm")
     timings.update(backmap_timings)
 
     _stage("4/4 evaluate against the held-out reference")

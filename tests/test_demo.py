@@ -10,7 +10,7 @@ MINIATURE = [
         "trainer.max_steps=3", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false", "model.network.width=4", "model.network.latent_dim=2",
         "model.gmm.components=2", "data.batch_size=8")) + "]",
-    "settings.n_clusters=6", "settings.bayesian_samples=5", "settings.msm_lag=1", "settings.msm_lags=[1,2]",
+    "backmap.refine_steps=2", "settings.n_clusters=6", "settings.bayesian_samples=5", "settings.msm_lag=1", "settings.msm_lags=[1,2]",
 ]
 
 
@@ -19,7 +19,12 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
         cfg = compose("demo", overrides=[f"out={tmp_path}", *MINIATURE])
         report = run_demo(cfg)
         metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
-        assert set(metrics["datasets"]) == {"reference", "tcbm", "frame-based cVAE", "nearest-neighbour"}
+        assert set(metrics["datasets"]) == {"reference", "tcbm", "tcbm + refinement (2 steps)", "frame-based cVAE",
+                                            "nearest-neighbour"}
+        refined = json.loads((tmp_path / "backmapped_model_history1_refined2" / "test.json").read_text())
+        plain = json.loads((tmp_path / "backmapped_model_history1" / "test.json").read_text())
+        assert refined["refinement_steps"] == 2 and plain["refinement_steps"] == 0
+        assert refined["cg_rmsd_nm"] < 1e-4 < plain["cg_rmsd_nm"]  # refinement puts the frames on the CG
         assert metrics["datasets"]["tcbm"]["frames"] == 40
         assert "![Free-energy surfaces](fes.png)" in report.read_text()
         stamp = (tmp_path / "model_history1" / "model.pt").stat().st_mtime
