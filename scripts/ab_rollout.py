@@ -68,6 +68,8 @@ def main() -> None:
     dt_ps = float(np.median(np.diff(reference.time)))
     results = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.processor() or platform.machine()}, "
                f"{torch.get_num_threads()} threads, torch {torch.__version__}", "steps": args.steps,
+               "data": {name: json.loads((data / f"{name}_settings.json").read_text()) for name in ("train", "test")
+                        if (data / f"{name}_settings.json").exists()},
                "reference": {"rotor_autocorrelation": rotor_autocorrelations(reference, LAGS_PS, dt_ps)},
                "variants": {}}
     with initialize_config_module("tcbm.conf", version_base="1.3"):
@@ -101,7 +103,10 @@ def table(results: dict) -> str:
     head = ("| variant | energy W1 (kJ/mol) | median abs dU (kJ/mol) | dU drift (kJ/mol) | bond MAE (nm) | "
             "CG RMSD (nm) | frames > +200 kJ/mol | weights step | KL (nats) | active units | "
             + " | ".join(f"{r} <cos dphi> 1/20/100 ps" for r in rotors) + " |")
-    lines = [f"Command: `{results['command']}`", f"Machine: {results['machine']}", "", head,
+    data = "; ".join(f"{name} {d['length_ps'] / 1000:g} ns (seed {d['seed']}, {d['implicit_solvent']}, "
+                     f"{d['save_interval_ps']:g} ps frames)" for name, d in results.get("data", {}).items())
+    lines = [f"Command: `{results['command']}`", f"Machine: {results['machine']}", f"Data: {data}",
+             f"Training: `experiment=adp_quick`, {results['steps']} steps per variant", "", head,
              "|" + "---|" * (10 + len(rotors))]
 
     def rot(values: dict) -> str:

@@ -225,9 +225,9 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
     """Backmap files to ``out``: one all-atom trajectory per input and sample, plus ``topology.pdb`` and
     a ``<output>.json`` summary (frames, CG-consistency RMSD in nm, frames/s).  Groups whose outputs
     all exist are skipped, so a rerun after an interruption only does the unfinished work."""
+    backmapper = Backmapper(model, settings, device)  # validates the settings before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    backmapper = Backmapper(model, settings, device)
     topology = model.system.topology
     if not (out / "topology.pdb").exists():
         with atomic_path(out / "topology.pdb") as tmp:

@@ -6,6 +6,7 @@ Commands: simulate, train, backmap, evaluate, demo.  Each is a Hydra app whose c
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -58,6 +59,27 @@ def run_demo(cfg: DictConfig) -> None:
     print(f"report: {demo(cfg)}")
 
 
+#: errors caused by the user's input or settings: reported in one line, without a traceback
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def _reporting_user_errors(runner):
+    """Wrap a command so that a user error prints ``tcbm <command>: error: <message>`` on stderr and exits
+    with status 1; ``HYDRA_FULL_ERROR=1`` shows the full traceback instead."""
+
+    def run(cfg: DictConfig) -> None:
+        try:
+            runner(cfg)
+        except USER_ERRORS as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"{sys.argv[0]}: error: {message}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    return run
+
+
 RUNNERS = {
     "simulate": run_simulate,
     "train": run_train,
@@ -74,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
               "  units: nm, ps, kJ/mol, K; `tcbm <command> --help` lists every setting", file=sys.stderr)
         raise SystemExit(2)
     command = argv.pop(0)
-    app = hydra.main(version_base="1.3", config_path=CONFIG_PATHS.get(command, CONFIG_PATH), config_name=command)(RUNNERS[command])
+    app = hydra.main(version_base="1.3", config_path=CONFIG_PATHS.get(command, CONFIG_PATH), config_name=command)(
+        _reporting_user_errors(RUNNERS[command]))
     sys.argv = [f"tcbm {command}", *argv]
     app()
 

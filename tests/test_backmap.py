@@ -133,3 +133,22 @@ def test_torchrun_two_processes(tmp_path, tiny_model, cg_inputs):
         torch.set_num_threads(threads)
     for path in single:  # each rank wrote its own share; together they equal one process's output
         assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=missing.pt", "cg=x.xtc"], "model artefact missing.pt does not exist"),
+    (["samples=0"], "samples, batch_size and chunk_frames must be >= 1"),
+    (["autocast=int8"], "autocast must be null, 'bf16' or 'fp16'"),
+    (["refine.steps=-1"], "invalid refinement settings"),
+])
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path, tiny_model, cg_inputs, args, message):
+    model = tiny_model.save(tmp_path / "model.pt")
+    base = [f"model={model}", f"cg={cg_inputs[0]}", f"out={tmp_path / 'out'}"]
+    cmd = [sys.executable, "-m", "tcbm.cli", "backmap", *base, *args]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tcbm backmap: error: ") and message in lines[0]
+    assert not list((tmp_path / "out").glob("*.xtc")) and not (tmp_path / "out" / "topology.pdb").exists()
