@@ -16,7 +16,8 @@ class BackmapCVAE(nn.Module):
     centred on the CG^t centroid."""
 
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
-                 depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True) -> None:
+                 depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True,
+                 latent_input: bool = False) -> None:
         super().__init__()
         if grid.d % 2:
             raise ValueError(f"the decoder halves the grid once: grid.d must be even, got {grid.d}")
@@ -24,7 +25,7 @@ class BackmapCVAE(nn.Module):
         self.latent_dim, self.channels_last = latent_dim, channels_last
         cond_channels = n_beads + history * n_atoms
         self.encoder = Encoder(n_atoms + cond_channels, latent_dim, width, depth)
-        self.decoder = Decoder(cond_channels, n_atoms, latent_dim, width, depth)
+        self.decoder = Decoder(cond_channels, n_atoms, latent_dim, width, depth, latent_input)
         # log-width (nm) of the Gaussian prior centred on each atom's previous position
         self.previous_prior = previous_prior and history > 0
         self.log_prior_width = nn.Parameter(torch.tensor(float(np.log(0.1)))) if self.previous_prior else None

@@ -61,11 +61,16 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Condition [VOX(CG^t) ‖ VOX(AA^{t-1..t-k})] and ``z`` → per-atom density logits (B, N, d, d, d)."""
+    """Condition [VOX(CG^t) ‖ VOX(AA^{t-1..t-k})] and ``z`` → per-atom density logits (B, N, d, d, d).
+    ``z`` is added to the half-resolution features; with ``latent_input`` it also enters the first
+    convolution as ``latent_dim`` constant channels, so every stage can condition on it."""
 
-    def __init__(self, cond_channels: int, n_atoms: int, latent_dim: int, width: int = 32, depth: int = 1) -> None:
+    def __init__(self, cond_channels: int, n_atoms: int, latent_dim: int, width: int = 32, depth: int = 1,
+                 latent_input: bool = False) -> None:
         super().__init__()
-        self.stem = nn.Sequential(_stem(cond_channels, width), _stage(width, depth))
+        self.latent_input = latent_input
+        self.stem = nn.Sequential(_stem(cond_channels + (latent_dim if latent_input else 0), width),
+                                  _stage(width, depth))
         self.down = nn.Sequential(_down(width, 2 * width), _stage(2 * width, depth))
         self.inject = nn.Linear(latent_dim, 2 * width)
         self.middle = _stage(2 * width, max(depth, 1))
@@ -74,6 +79,8 @@ class Decoder(nn.Module):
         self.out = nn.Conv3d(width, n_atoms, 3, padding=1)
 
     def forward(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.latent_input:
+            cond = torch.cat([cond, z[:, :, None, None, None].expand(-1, -1, *cond.shape[2:]).to(cond.dtype)], dim=1)
         skip = self.stem(cond)
         h = self.down(skip)
         h = self.middle(h + self.inject(z)[:, :, None, None, None])

@@ -148,3 +148,16 @@ def test_refined_rollouts_do_not_depend_on_batching(tiny_model, cg_inputs):
     plain = Backmapper(tiny_model, RolloutSettings(progress=False), "cpu").backmap(cg)
     for x, y, z in zip(batched, single, plain, strict=True):
         assert np.abs(x - y).max() < 1e-3 and np.abs(x - z).max() > 1e-3
+
+
+def test_latent_input_channels_reach_the_first_convolution(adp_traj, adp):
+    from tcbm.lightning import CVAEModule
+
+    network = {"latent_dim": 4, "width": 8, "depth": 1, "history": 1, "latent_input": True}
+    module = CVAEModule(adp.to_dict(), {"d": 12, "r_grid": 2.0, "sigma": 0.12}, network)
+    stem = module.model.decoder.stem[0][0]
+    assert stem.in_channels == adp.n_beads + adp.n_atoms + 4
+    batch = batch_of(adp_traj, adp)
+    loss = module._total(module._terms(batch, sample=True)[0])
+    loss.backward()
+    assert stem.weight.grad[:, -4:].abs().sum() > 0  # the z channels get gradient
