@@ -30,7 +30,8 @@ class CVAEModule(pl.LightningModule):
     (both stored in checkpoints), ``network`` the keyword arguments of :class:`BackmapCVAE`.
     ``prev_noise_nm`` adds Gaussian noise (nm) to the previous frames during training only; ``unroll``
     (keyword arguments of :class:`UnrollSchedule`) replaces them by the model's own rollout for part of the
-    batches (pushforward training; the batches must carry ``history + unroll.steps`` previous frames);
+    batches (pushforward training; the batches must carry ``history + unroll.steps`` previous frames; ignored
+    when ``history`` is 0);
     ``free_bits`` (nats per latent dimension) exempts that much KL per dimension from the penalty.
     """
 
@@ -47,9 +48,7 @@ class CVAEModule(pl.LightningModule):
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
         self.energy_weight = EnergyWeight(**(energy_weight or {}))
         self.kl_weight = KLWeight(**(kl_weight or {}))
-        self.unroll = UnrollSchedule(**(unroll or {}))
-        if self.unroll.steps and not self.model.history:
-            raise ValueError("unroll needs a model with previous frames (model.network.history >= 1)")
+        self.unroll = UnrollSchedule(**(unroll or {}))  # no-op for the frame-based model (history 0)
         omm_system = self.system.openmm_system()
         self.energy = MMEnergy(omm_system)
         self.register_buffer("bonds", torch.as_tensor(bonded_pairs(omm_system)), persistent=False)
@@ -97,7 +96,7 @@ class CVAEModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         history = self.model.history
         aa_prev = batch["aa_prev"][:, :history]
-        k = self.unroll(self.global_step)
+        k = self.unroll(self.global_step) if history else 0
         rows = int(round(self.unroll.fraction * len(aa_prev))) if k else 0
         if rows:  # the first rows condition on the model's own k-step rollout, the rest on the truth
             aa_prev = torch.cat([self.unrolled_previous(batch["aa_prev"][:rows], k), aa_prev[rows:]])
