@@ -54,15 +54,13 @@ def _loggers(out: Path) -> list:
     return loggers
 
 
-def _rollout_validation(cfg: DictConfig, data: BackmapDataModule, system: MolecularSystem, network: dict
-                        ) -> RolloutValidation | None:
+def _rollout_validation(cfg: DictConfig, data: BackmapDataModule, system: MolecularSystem, network: dict,
+                        library: SeedLibrary) -> RolloutValidation | None:
     """The rollout-validation callback over windows of the validation split (None without one)."""
     settings = RolloutValidationSettings(**OmegaConf.to_container(cfg.rollout_validation, resolve=True))
-    windows = rollout_windows(data.val_idx, settings.frames, settings.windows)
+    windows = rollout_windows(data.val_idx, settings.frames, settings.windows, data.data.offsets)
     if not windows:
         return None
-    library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag,
-                                      network["history"], cfg.model.seed_library_size)
     posterior_set = TripleDataset(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag, network["history"],
                                   rotation_seed=settings.seed)
     return RolloutValidation(data.data.xyz[np.stack(windows)], library, posterior_set, settings, network,
@@ -71,8 +69,6 @@ def _rollout_validation(cfg: DictConfig, data: BackmapDataModule, system: Molecu
 
 def _selected_checkpoint(cfg: DictConfig, best: ModelCheckpoint, last: Path) -> Path:
     """The checkpoint whose weights ``model.pt`` gets: the best by ``selection.monitor`` or the last."""
-    if cfg.selection.weights not in ("best", "last"):
-        raise ValueError(f"selection.weights must be 'best' or 'last', got {cfg.selection.weights!r}")
     if cfg.selection.weights == "best" and best.best_model_path:
         return Path(best.best_model_path)
     return last
@@ -85,6 +81,9 @@ def train(cfg: DictConfig) -> Path:
     ``selection`` (by default the validation with the lowest rollout energy W1), and its metadata records
     which step they are from."""
     started = time.perf_counter()
+    if cfg.selection.weights not in ("best", "last") or cfg.selection.mode not in ("min", "max"):
+        raise ValueError(f"selection.weights must be 'best' or 'last' and selection.mode 'min' or 'max', got "
+                         f"{cfg.selection.weights!r} and {cfg.selection.mode!r}")
     pl.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.out)
     system = load_system(OmegaConf.to_container(cfg.system, resolve=True))
@@ -110,8 +109,10 @@ def train(cfg: DictConfig) -> Path:
         temperature=cfg.model.temperature_K, lag=cfg.data.lag, compile=cfg.model.compile,
         prev_noise_nm=cfg.model.prev_noise_nm, unroll=unroll, free_bits=loss.free_bits,
     )
+    library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag,
+                                      network["history"], cfg.model.seed_library_size)
     has_val = len(data.val_idx) > 0
-    rollout_validation = _rollout_validation(cfg, data, system, network) if has_val else None
+    rollout_validation = _rollout_validation(cfg, data, system, network, library) if has_val else None
     monitor = cfg.selection.monitor
     if monitor.startswith("val/rollout/") and rollout_validation is None:
         monitor = "val/bond_mae_nm"  # validation split too short to roll out
@@ -135,8 +136,6 @@ def train(cfg: DictConfig) -> Path:
                                cfg.seed),
         cfg.model.gmm.components, cfg.seed,
     )
-    library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag,
-                                      network["history"], cfg.model.seed_library_size)
     metadata = {"train_wall_s": time.perf_counter() - started, "steps": trainer.global_step,
                 "weights_step": state["global_step"], "weights_checkpoint": selected.name,
                 "selection": {"monitor": monitor, "mode": cfg.selection.mode, "weights": cfg.selection.weights,

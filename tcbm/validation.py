@@ -25,12 +25,17 @@ from tcbm.latent import LatentSampler, encode_posterior_means
 from tcbm.mapping import CGMapping
 
 
-def rollout_windows(targets: np.ndarray, frames: int, count: int) -> list[np.ndarray]:
+def rollout_windows(targets: np.ndarray, frames: int, count: int, starts: np.ndarray | None = None
+                    ) -> list[np.ndarray]:
     """Up to ``count`` windows of ``frames`` consecutive global frame indices (fewer frames if no contiguous
-    run of ``targets`` is that long), evenly spread over the runs of ``targets`` (e.g. the validation blocks)."""
+    run of ``targets`` is that long), evenly spread over the runs of ``targets`` (e.g. the validation blocks);
+    a run also ends where a trajectory ``starts`` (global index of each trajectory's first frame)."""
     if len(targets) == 0:
         return []
-    runs = np.split(targets, np.flatnonzero(np.diff(targets) != 1) + 1)
+    breaks = np.diff(targets) != 1
+    if starts is not None:
+        breaks |= np.isin(targets[1:], starts)
+    runs = np.split(targets, np.flatnonzero(breaks) + 1)
     frames = min(frames, max(len(run) for run in runs))
     starts = [run[0] + k for run in runs if len(run) >= frames for k in range(0, len(run) - frames + 1, frames)]
     if not starts:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_model import make_module, train_config
 
-from tcbm.artifact import BackmapModel
+from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.backmap import RolloutSettings, backmap_paths
 from tcbm.training import train
 from tcbm.validation import rollout_scores, rollout_windows
@@ -68,7 +68,8 @@ def test_selection_score_does_not_depend_on_the_loss_schedules(adp_traj, adp):
                                                         "rollout_validation.gmm_samples": 16})
     network = {"latent_dim": 4, "width": 8, "depth": 1, "history": 1}
     data = BackmapDataModule(adp, str(adp_traj[0]), val_fraction=0.2, n_blocks=5)
-    callback = _rollout_validation(cfg, data, adp, network)
+    library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, adp.mapping, 1, 1, 500)
+    callback = _rollout_validation(cfg, data, adp, network, library)
     torch.manual_seed(0)
     a = make_module(adp, energy_weight={"final": 0.0}, kl_weight={"mode": "constant", "beta_max": 0.0})
     b = make_module(adp, energy_weight={"final": 5.0, "warmup_steps": 0}, kl_weight={"mode": "constant",
@@ -86,7 +87,8 @@ def test_validation_rollout_is_what_tcbm_backmap_writes(tmp_path, adp_traj, adp)
     cfg = train_config(tmp_path, adp_traj, **{"rollout_validation.frames": 12, "rollout_validation.gmm_samples": 16})
     network = {"latent_dim": 4, "width": 8, "depth": 1, "history": 1}
     data = BackmapDataModule(adp, str(adp_traj[0]), val_fraction=0.2, n_blocks=5)
-    callback = _rollout_validation(cfg, data, adp, network)
+    library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, adp.mapping, 1, 1, 500)
+    callback = _rollout_validation(cfg, data, adp, network, library)
     module = make_module(adp)
     model, rollout = callback.rollout(module)
     window = md.Trajectory(callback.reference[0], adp.topology)
@@ -105,6 +107,9 @@ def test_rollout_windows_stay_inside_contiguous_runs():
     assert all(np.all(np.diff(w) == 1) and set(w) <= set(targets) for w in windows)
     assert [len(w) for w in rollout_windows(np.arange(5, 9), 10, 2)] == [4]
     assert rollout_windows(np.array([], dtype=int), 10, 2) == []
+    # two trajectories back to back (the second starts at frame 20): no window straddles them
+    assert all(w[0] >= 20 or w[-1] < 20 for w in rollout_windows(np.arange(10, 40), 8, 8, starts=np.array([0, 20])))
+    assert any(w[0] < 20 <= w[-1] for w in rollout_windows(np.arange(10, 40), 8, 8))  # what it prevents
 
 
 def test_rollout_scores_known_answers(adp_traj, adp):
