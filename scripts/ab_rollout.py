@@ -45,9 +45,8 @@ def last_logged(run: Path, key: str) -> float | None:
 
 def score(model: BackmapModel, rollout: md.Trajectory, reference: md.Trajectory, dt_ps: float) -> dict:
     system = model.system
-    energy = MMEnergy(system.openmm_system())
-    scores = rollout_scores(rollout.xyz[None], reference.xyz[None], energy, bonded_pairs(system.openmm_system()),
-                            system.mapping)
+    omm = system.openmm_system()
+    scores = rollout_scores(rollout.xyz[None], reference.xyz[None], MMEnergy(omm), bonded_pairs(omm), system.mapping)
     u_ref = potential_energies(reference.xyz, system)
     u = potential_energies(rollout.xyz, system)
     scores["frames_over_200_kJmol"] = int((u - np.median(u_ref) > 200).sum())
