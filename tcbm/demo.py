@@ -69,15 +69,15 @@ def backmap_with_baseline(model_paths: dict[str, Path], test_xtc: Path, topology
     if settings.refinement.steps and refine in model_paths:
         runs.append((refined_label(refine, settings.refinement), model_paths[refine], settings,
                      f"backmapped_{model_paths[refine].parent.name}_refined{settings.refinement.steps}"))
+    models = {path: BackmapModel.load(path) for path in model_paths.values()}  # each file read once
     datasets, timings = {}, {}
     for label, path, run_settings, folder in runs:
-        model = BackmapModel.load(path)
-        result = backmap_paths(model, [test_xtc], out / folder, run_settings, input_is_aa=True, device=device)[0]
+        result = backmap_paths(models[path], [test_xtc], out / folder, run_settings, input_is_aa=True, device=device)[0]
         summary = json.loads(result.with_suffix(".json").read_text())
         timings[f"backmap_frames_per_s[{label}]"] = summary["group_frames_per_s"]
         timings[f"cg_rmsd_nm[{label}]"] = summary["cg_rmsd_nm"]
         datasets[label] = md.load(str(result), top=str(topology))
-    first = BackmapModel.load(next(iter(model_paths.values())))
+    first = models[next(iter(model_paths.values()))]
     started = time.perf_counter()
     nn_xyz = NearestNeighbourBackmapper(first.library.cg, first.library.aa).backmap(first.system.mapping(reference.xyz))
     timings["backmap_frames_per_s[nearest-neighbour]"] = reference.n_frames / (time.perf_counter() - started)

@@ -44,8 +44,7 @@ class Refiner(torch.nn.Module):
     def __init__(self, system: MolecularSystem, settings: RefinementSettings) -> None:
         super().__init__()
         self.settings = settings
-        omm = system.openmm_system()
-        self.energy = MMEnergy(omm)
+        self.energy = MMEnergy(system.openmm_system())
         weights = torch.as_tensor(system.mapping.weights, dtype=torch.float64)
         self.register_buffer("weights", weights, persistent=False)
         self.register_buffer("pseudo_inverse", torch.linalg.pinv(weights), persistent=False)
