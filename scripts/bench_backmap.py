@@ -1,16 +1,28 @@
-"""Backmapping throughput: many trajectories advanced as one batch vs a one-at-a-time loop, in one run.
+"""Backmapping throughput of `tcbm backmap`'s rollout path (``Backmapper.backmap``), in one run:
+
+- batched: ``--trajectories`` trajectories of ``--frames`` frames advanced as one batch;
+- one-at-a-time: the same trajectories, batch size 1 (what batching buys);
+- single trajectory: one trajectory of ``--long-frames`` frames (the paper's use case: latency per step);
+
+each with the step replayed as a CUDA graph and eagerly (on CUDA devices; on a CPU only eager exists), and
+the largest coordinate difference between the two.
 
     python scripts/bench_backmap.py                       # 64 trajectories x 40 frames, default CPU model
-    python scripts/bench_backmap.py --device cuda --trajectories 1024 --frames 200
+    python scripts/bench_backmap.py --device cuda --model paper --trajectories 1024 --frames 30 \
+        --long-frames 3000 --out benchmarks/gpu/backmap_paper.json
 
 Weights are random (speed does not depend on them); the network is the default CPU config
-(conf/model/small.yaml) unless --model names another.
+(conf/model/small.yaml) unless --model names another.  Frames/s count frames actually produced.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,43 +37,78 @@ from tcbm.systems import load_system
 from tcbm.voxels import VoxelGrid
 
 
+def build_model(name: str) -> BackmapModel:
+    with initialize_config_module("tcbm.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={name}"])
+    system = load_system("adp")
+    network_config = OmegaConf.to_container(cfg.model.network)
+    torch.manual_seed(0)
+    network = BackmapCVAE(system.n_atoms, system.n_beads, VoxelGrid(**cfg.model.grid), **network_config)
+    rng = np.random.default_rng(0)
+    xyz = (system.reference_xyz[None] + rng.normal(0, 0.01, (200, system.n_atoms, 3))).astype(np.float32)
+    library = SeedLibrary.from_frames(xyz, np.arange(1, 200), system.mapping, 1, max(network.history, 1))
+    return BackmapModel(network, network_config, system, LatentSampler.prior(network.latent_dim), library)
+
+
+def cg_trajectories(model: BackmapModel, count: int, frames: int, seed: int) -> list[np.ndarray]:
+    """``count`` CG trajectories of ``frames`` frames: the reference structure with 0.01 nm noise."""
+    system, rng = model.system, np.random.default_rng(seed)
+    return [system.mapping((system.reference_xyz[None] + rng.normal(0, 0.01, (frames, system.n_atoms, 3)))
+                           .astype(np.float32)) for _ in range(count)]
+
+
+def timed(backmapper: Backmapper, cg: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+    """Frames/s of backmapping ``cg`` in steady state (timed after one untimed pass over the same input,
+    which pays for CUDA graph capture and cuDNN autotuning), and the output."""
+    backmapper.backmap(cg)
+    if backmapper.device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    out = backmapper.backmap(cg)
+    if backmapper.device.type == "cuda":
+        torch.cuda.synchronize()
+    return sum(len(t) for t in out) / (time.perf_counter() - started), out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="small")
     parser.add_argument("--trajectories", type=int, default=64)
     parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--long-frames", type=int, default=200, help="length of the single-trajectory case")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--autocast", default=None, choices=[None, "bf16", "fp16"])
+    parser.add_argument("--skip-one-at-a-time", action="store_true")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
-    with initialize_config_module("tcbm.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={args.model}"])
-    system = load_system("adp")
-    network_config = OmegaConf.to_container(cfg.model.network)
-    network = BackmapCVAE(system.n_atoms, system.n_beads, VoxelGrid(**cfg.model.grid), **network_config)
-    rng = np.random.default_rng(0)
-    xyz = (system.reference_xyz[None] + rng.normal(0, 0.01, (200, system.n_atoms, 3))).astype(np.float32)
-    library = SeedLibrary.from_frames(xyz, np.arange(1, 200), system.mapping, 1, max(network.history, 1))
-    model = BackmapModel(network, network_config, system, LatentSampler.prior(network.latent_dim), library)
-    cg = [system.mapping(xyz[:args.frames] + rng.normal(0, 0.01, (args.frames, system.n_atoms, 3)).astype(np.float32))
-          for _ in range(args.trajectories)]
-    total = args.trajectories * args.frames
-    print(f"config: model={args.model} grid={dict(cfg.model.grid)} network={network_config} device={args.device} "
-          f"autocast={args.autocast} threads={torch.get_num_threads()}; {args.trajectories} trajectories x "
-          f"{args.frames} frames")
-    rates = {}
-    for label, batch in (("batched", args.trajectories), ("one-at-a-time", 1)):
-        backmapper = Backmapper(model, RolloutSettings(batch_size=batch, progress=False, autocast=args.autocast),
-                                args.device)
-        backmapper.backmap(cg[:1])  # warm-up
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        backmapper.backmap(cg)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        rates[label] = total / (time.perf_counter() - started)
-        print(f"{label}: {rates[label]:.1f} frames/s")
-    print(f"ratio batched / one-at-a-time: {rates['batched'] / rates['one-at-a-time']:.1f}x")
+    model = build_model(args.model)
+    cuda = args.device.startswith("cuda")
+    many = cg_trajectories(model, args.trajectories, args.frames, 1)
+    long = cg_trajectories(model, 1, args.long_frames, 2)
+    results = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
+               "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+               "threads": torch.get_num_threads(), "model": args.model, "autocast": args.autocast,
+               "frames_per_s": {}, "graph_vs_eager_max_abs_nm": {}}
+    print(f"model={args.model} device={results['device']} autocast={args.autocast} torch={torch.__version__}")
+    cases = [("batched", many, args.trajectories), ("single trajectory", long, 1)]
+    if not args.skip_one_at_a_time:
+        cases.insert(1, ("one-at-a-time", many, 1))
+    for label, cg, batch in cases:
+        outputs = {}
+        for graph in ((True, False) if cuda else (False,)):
+            settings = RolloutSettings(batch_size=batch, progress=False, autocast=args.autocast, cuda_graph=graph,
+                                       chunk_frames=min(256, max(len(t) for t in cg)))
+            name = f"{label}, {'CUDA graph' if graph else 'eager'}"
+            rate, outputs[graph] = timed(Backmapper(model, settings, args.device), cg)
+            results["frames_per_s"][name] = rate
+            print(f"{name}: {rate:,.0f} frames/s", flush=True)
+        if len(outputs) == 2:
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(outputs[True], outputs[False]))
+            results["graph_vs_eager_max_abs_nm"][label] = diff
+            print(f"{label}: max |graph - eager| = {diff:.2e} nm")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

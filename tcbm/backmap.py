@@ -58,7 +58,8 @@ def nearest_library_frames(library_cg: torch.Tensor, cg: torch.Tensor, candidate
 class RolloutSettings:
     """How to roll out: ``samples`` per input, latent source ``'gmm'`` or ``'prior'``, ``seed``,
     ``batch_size`` (rollouts advanced together), ``chunk_frames`` (frames per disk write), autocast dtype,
-    and the optional physics ``refinement`` of every frame (off unless ``refinement.steps`` > 0)."""
+    ``cuda_graph`` (replay each step as a captured CUDA graph on GPUs; ignored on CPU) and the optional
+    physics ``refinement`` of every frame (off unless ``refinement.steps`` > 0)."""
 
     samples: int = 1
     latent: str = "gmm"
@@ -66,6 +67,7 @@ class RolloutSettings:
     batch_size: int = 256
     chunk_frames: int = 256
     autocast: str | None = None  # None | "bf16" | "fp16"
+    cuda_graph: bool = True
     progress: bool = True
     refinement: RefinementSettings = field(default_factory=RefinementSettings)
 
@@ -89,6 +91,7 @@ class Backmapper:
             if self.settings.refinement.steps else None
         self.library_cg = torch.as_tensor(model.library.cg, device=self.device)
         self.library_prev = torch.as_tensor(model.library.aa_prev, device=self.device)
+        self.graphs = {} if self.settings.cuda_graph else None  # captured rollout steps, by batch shape
 
     def seed_frames(self, cg0: torch.Tensor, structure: np.ndarray | None = None) -> torch.Tensor:
         """Previous frames (B, k, N, 3) for CG^0 (B, n, 3): the library frame(s) preceding the closest CG
@@ -137,7 +140,7 @@ class Backmapper:
             return z[:, : stop - start].to(self.device, torch.float32)
 
         yield from roll(self.network, cg, self.seed_frames(cg[:, 0], structure), latents, chunk,
-                        self.settings.autocast, self._refine(keys))
+                        self.settings.autocast, self._refine(keys), self.graphs)
 
     def backmap(self, cg_trajectories: Sequence[np.ndarray], structure: np.ndarray | None = None) -> list[np.ndarray]:
         """In-memory API: all-atom trajectories (T, N, 3) for each CG trajectory (T, n, 3) and sample,
@@ -297,7 +300,8 @@ def backmap_files(cfg) -> list[Path]:
     model = BackmapModel.load(cfg.model)
     inputs = distributed_share(expand_paths(list(cfg.cg) if not isinstance(cfg.cg, str) else cfg.cg))
     settings = RolloutSettings(samples=cfg.samples, latent=cfg.latent, seed=cfg.seed, batch_size=cfg.batch_size,
-                               chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, progress=cfg.progress,
+                               chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, cuda_graph=cfg.cuda_graph,
+                               progress=cfg.progress,
                                refinement=RefinementSettings(**OmegaConf.to_container(cfg.refine, resolve=True)))
     if cfg.compile:
         model.network.decoder = torch.compile(model.network.decoder)

@@ -129,6 +129,7 @@ def train(cfg: DictConfig) -> Path:
     if not trainer.is_global_zero:
         return out / "model.pt"
     selected = _selected_checkpoint(cfg, checkpoints, last)
+    module.to(trainer.strategy.root_device)  # Lightning's teardown left it on the CPU: encode on the GPU
     state = torch.load(selected, map_location=module.device, weights_only=False)
     module.load_state_dict(state["state_dict"])
     sampler = LatentSampler.fit(

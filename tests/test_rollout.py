@@ -161,3 +161,17 @@ def test_latent_input_channels_reach_the_first_convolution(adp_traj, adp):
     loss = module._total(module._terms(batch, sample=True)[0])
     loss.backward()
     assert stem.weight.grad[:, -4:].abs().sum() > 0  # the z channels get gradient
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_rollout_equals_eager_rollout(tiny_model, cg_inputs):
+    from tcbm.backmap import Backmapper, RolloutSettings
+
+    cg = [md.load(str(p)).xyz for p in cg_inputs]
+    for batch_size in (1, 8):  # one trajectory per graph, and all of them in one
+        runs = [Backmapper(tiny_model, RolloutSettings(batch_size=batch_size, progress=False, cuda_graph=graph),
+                           "cuda") for graph in (True, False)]
+        graphed, eager = (r.backmap(cg) for r in runs)
+        assert len(runs[0].graphs) == 1 and runs[1].graphs is None  # one capture, replayed for every group
+        for x, y in zip(graphed, eager, strict=True):
+            assert np.abs(x - y).max() < 1e-5
