@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tcbm.fingerprint import digest
 from tcbm.io import atomic_path
 from tcbm.latent import LatentSampler
 from tcbm.model import BackmapCVAE
@@ -51,6 +52,15 @@ class BackmapModel:
     @property
     def grid(self) -> VoxelGrid:
         return self.network.grid
+
+    def fingerprint(self) -> str:
+        """Content hash of everything that shapes a rollout: system, network (config and weights), latent
+        sampler, seed library and lag; equal for a model and its saved-and-loaded copy."""
+        weights = [(k, v.detach().cpu().numpy()) for k, v in sorted(self.network.state_dict().items())]
+        sampler = {k: np.asarray(v) for k, v in sorted(self.sampler.to_dict().items())}
+        return digest(self.system.to_dict(), self.network_config, self.lag, *[x for kv in weights for x in kv],
+                      *[x for kv in sampler.items() for x in kv], self.library.cg, self.library.aa,
+                      self.library.aa_prev)
 
     def save(self, path: str | Path) -> Path:
         state = {

@@ -13,8 +13,7 @@ import os
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mdtraj as md
@@ -24,12 +23,14 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from tcbm.artifact import BackmapModel
+from tcbm.fingerprint import combined, differences, digest
 from tcbm.geometry import aligned_rmsd, superpose
 from tcbm.io import atomic_path, check_finite, expand_paths, load_trajectory
 from tcbm.latent import LatentSampler
 from tcbm.refine import RefinementSettings, Refiner
-from tcbm.rollout import autocast_context, roll
-from tcbm.writers import TrajectoryWriter
+from tcbm.resume import RolloutProgress
+from tcbm.rollout import AUTOCAST_DTYPES, roll
+from tcbm.writers import FORMATS, TrajectoryWriter
 
 
 def pair_distances(x: torch.Tensor) -> torch.Tensor:
@@ -71,6 +72,36 @@ class RolloutSettings:
     progress: bool = True
     refinement: RefinementSettings = field(default_factory=RefinementSettings)
 
+    def __post_init__(self) -> None:
+        if self.latent not in ("gmm", "prior"):
+            raise ValueError(f"latent must be 'gmm' or 'prior', got {self.latent!r}")
+        if self.samples < 1 or self.batch_size < 1 or self.chunk_frames < 1:
+            raise ValueError("samples, batch_size and chunk_frames must be >= 1, got "
+                             f"{self.samples}, {self.batch_size}, {self.chunk_frames}")
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be null, 'bf16' or 'fp16', got {self.autocast!r}")
+
+    def fingerprint(self) -> dict:
+        """The settings that shape the frames (not batch size, device, graphs or progress bars)."""
+        return {"samples": self.samples, "latent": self.latent, "seed": self.seed, "chunk_frames": self.chunk_frames,
+                "autocast": self.autocast, "refinement": asdict(self.refinement)}
+
+
+@dataclass
+class RandomStreams:
+    """The per-row random generators of a rollout: latents, and refinement noise (empty when off)."""
+
+    latent: list[torch.Generator]
+    refine: list[torch.Generator]
+
+    def state(self) -> dict[str, list[torch.Tensor]]:
+        return {"latent": [g.get_state() for g in self.latent], "refine": [g.get_state() for g in self.refine]}
+
+    def restore(self, state: dict[str, list[torch.Tensor]]) -> None:
+        for name in ("latent", "refine"):
+            for generator, saved in zip(getattr(self, name), state[name], strict=True):
+                generator.set_state(saved)
+
 
 class Backmapper:
     """Rolls CG trajectories out into all-atom trajectories with a trained :class:`BackmapModel`."""
@@ -80,12 +111,6 @@ class Backmapper:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model
         self.network = model.network.to(self.device).eval()
-        if self.settings.latent not in ("gmm", "prior"):
-            raise ValueError(f"latent must be 'gmm' or 'prior', got {self.settings.latent!r}")
-        if self.settings.samples < 1 or self.settings.batch_size < 1 or self.settings.chunk_frames < 1:
-            raise ValueError("samples, batch_size and chunk_frames must be >= 1, got "
-                             f"{self.settings.samples}, {self.settings.batch_size}, {self.settings.chunk_frames}")
-        autocast_context(self.device, self.settings.autocast)  # rejects an unknown autocast setting now
         self.sampler = model.sampler if self.settings.latent == "gmm" else LatentSampler.prior(model.network.latent_dim)
         self.refiner = Refiner(model.system, self.settings.refinement).to(self.device) \
             if self.settings.refinement.steps else None
@@ -106,17 +131,20 @@ class Backmapper:
             prev_cg = self.library_cg[index]
         return superpose(prev_cg, cg0, carry=prev.reshape(len(cg0), -1, 3)).reshape(prev.shape)
 
-    def _generators(self, keys: Sequence[tuple[object, int]], stream: str = "") -> list[torch.Generator]:
-        """One random stream per (input name, sample), so results depend neither on batching nor on
-        which process handles an input; ``stream`` names independent streams (latents, refinement)."""
-        return [torch.Generator().manual_seed(zlib.crc32(f"{self.settings.seed}/{i}/{s}{stream}".encode()))
-                for i, s in keys]
+    def streams(self, keys: Sequence[tuple[object, int]]) -> RandomStreams:
+        """One random stream per (input name, sample) for latents and one for refinement noise, so results
+        depend neither on batching nor on which process handles an input."""
 
-    def _refine(self, keys: Sequence[tuple[object, int]]):
-        """The per-frame refinement of :func:`roll` for rows ``keys`` (None when refinement is off)."""
+        def generators(stream: str) -> list[torch.Generator]:
+            return [torch.Generator().manual_seed(zlib.crc32(f"{self.settings.seed}/{i}/{s}{stream}".encode()))
+                    for i, s in keys]
+
+        return RandomStreams(generators(""), generators("/refine") if self.refiner is not None else [])
+
+    def _refine(self, generators: list[torch.Generator]):
+        """The per-frame refinement of :func:`roll` drawing its noise from ``generators`` (None when off)."""
         if self.refiner is None:
             return None
-        generators = self._generators(keys, "/refine")
         shape = (self.settings.refinement.steps, self.model.system.n_atoms, 3)
 
         def refine(frame: torch.Tensor, cg: torch.Tensor) -> torch.Tensor:
@@ -126,21 +154,26 @@ class Backmapper:
         return refine
 
     @torch.inference_mode()
-    def rollout(self, cg: torch.Tensor, keys: Sequence[tuple[object, int]], structure: np.ndarray | None = None
+    def rollout(self, cg: torch.Tensor, keys: Sequence[tuple[object, int]], structure: np.ndarray | None = None,
+                streams: RandomStreams | None = None, previous: torch.Tensor | None = None
                 ) -> Iterator[torch.Tensor]:
         """Roll out CG trajectories ``cg`` (B, T, n, 3) nm; yields chunks (B, t, N, 3) of all-atom frames.
-        ``keys`` names each row (input name or index, sample index) for its random stream."""
+        ``keys`` names each row (input name or index, sample index) for its random ``streams``; a rollout
+        resumed mid-trajectory passes the streams' saved state and its ``previous`` frames (B, k, N, 3),
+        newest first, instead of seeding frame 0."""
         cg = cg.to(self.device, torch.float32)
-        generators = self._generators(keys)
+        streams = streams or self.streams(keys)
         chunk = self.settings.chunk_frames
 
         def latents(start: int, stop: int) -> torch.Tensor:
             # always a full chunk of draws, so a row's latents do not depend on its group's length
-            z = torch.stack([self.sampler.sample(chunk, g) for g in generators])
+            z = torch.stack([self.sampler.sample(chunk, g) for g in streams.latent])
             return z[:, : stop - start].to(self.device, torch.float32)
 
-        yield from roll(self.network, cg, self.seed_frames(cg[:, 0], structure), latents, chunk,
-                        self.settings.autocast, self._refine(keys), self.graphs)
+        if previous is None:
+            previous = self.seed_frames(cg[:, 0], structure)
+        yield from roll(self.network, cg, previous.to(self.device, torch.float32), latents, chunk,
+                        self.settings.autocast, self._refine(streams.refine), self.graphs)
 
     def backmap(self, cg_trajectories: Sequence[np.ndarray], structure: np.ndarray | None = None) -> list[np.ndarray]:
         """In-memory API: all-atom trajectories (T, N, 3) for each CG trajectory (T, n, 3) and sample,
@@ -176,6 +209,11 @@ class CGInput:
     path: Path
     xyz: np.ndarray  # (T, n, 3) nm
     time: np.ndarray  # (T,) ps
+
+    @property
+    def digest(self) -> str:
+        """Content hash of the CG frames and their times."""
+        return digest(self.xyz, self.time)
 
 
 def read_cg_input(path: Path, model: BackmapModel, cg_top: str | None, input_is_aa: bool, aa_top: str | None,
@@ -226,83 +264,159 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
                   fmt: str = "xtc", cg_top: str | None = None, input_is_aa: bool = False, aa_top: str | None = None,
                   seed_structure: str | None = None, device: str | None = None, stride: int = 1) -> list[Path]:
     """Backmap files to ``out``: one all-atom trajectory per input and sample, plus ``topology.pdb`` and
-    a ``<output>.json`` summary (frames, CG-consistency RMSD in nm, frames/s).  Groups whose outputs
-    all exist are skipped, so a rerun after an interruption only does the unfinished work."""
+    a ``<output>.json`` summary (frames, CG-consistency RMSD in nm, frames/s, grid overflow, and the
+    fingerprint of what made it: model and input contents, settings).  A rerun reuses an output only when
+    its fingerprint matches and recomputes it otherwise, saying what changed; a group of rollouts killed
+    mid-trajectory resumes from its last finished chunk."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     backmapper = Backmapper(model, settings, device)  # validates the settings before anything is written
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     topology = model.system.topology
-    if not (out / "topology.pdb").exists():
-        with atomic_path(out / "topology.pdb") as tmp:
-            model.system.reference_trajectory().save_pdb(str(tmp))
     structure = None
     if seed_structure is not None:
         seed = load_trajectory(seed_structure, None if Path(seed_structure).suffix == ".pdb" else topology)
         model.system.check_atoms(seed.topology, seed_structure)
         structure = seed.xyz[0]
+    common = {"model": model.fingerprint(), "settings": settings.fingerprint(), "stride": stride,
+              "input_is_aa": input_is_aa, "seed_structure": None if structure is None else digest(structure)}
     inputs = list(inputs)
     stems = output_stems(inputs)
     paths = output_paths(stems, out, fmt, settings.samples)
     written = []
     for group in backmapper._groups(len(inputs)):
-        group_paths = [p for i in group for p in paths[i]]
-        if all(p.exists() for p in group_paths):
-            written.extend(group_paths)
-            continue
         cg_inputs = [read_cg_input(inputs[i], model, cg_top, input_is_aa, aa_top, stride) for i in group]
-        written.extend(_run_group(backmapper, cg_inputs, [stems[i] for i in group], [paths[i] for i in group],
+        if not written:  # the first inputs are valid: now the output folder may be made
+            with atomic_path(out / "topology.pdb") as tmp:
+                model.system.reference_trajectory().save_pdb(str(tmp))
+        fingerprints = [[{**common, "input": c.digest, "sample": s} for s in range(settings.samples)]
+                        for c in cg_inputs]
+        group_paths = [paths[i] for i in group]
+        reasons = {p: stale_reasons(p, f) for ps, fs in zip(group_paths, fingerprints) for p, f in zip(ps, fs)}
+        if not any(reasons.values()):
+            written.extend(reasons)
+            continue
+        for path, why in reasons.items():
+            if why and path.exists():
+                print(f"recomputing {path}: {'; '.join(why)}")
+        written.extend(_run_group(backmapper, cg_inputs, [stems[i] for i in group], group_paths, fingerprints,
                                   topology, structure))
     return written
 
 
+def stale_reasons(path: Path, fingerprint: dict) -> list[str]:
+    """Why ``path`` must be (re)computed: empty when it exists and its summary's fingerprint matches."""
+    if not path.exists():
+        return ["missing"]
+    try:
+        stored = json.loads(path.with_suffix(".json").read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        stored = None
+    return differences(stored, fingerprint)
+
+
+@dataclass
+class GridOverflow:
+    """Frames of one rollout with atoms beyond the voxel grid's usable half-width (their densities are
+    truncated by the grid edge): how many, the first (frame, atom, excess in nm) and the largest excess."""
+
+    frames: int = 0
+    first: dict | None = None
+    max_excess_nm: float = 0.0
+
+    def update(self, excess: np.ndarray, offset: int) -> None:
+        """``excess`` (t, N) nm beyond the limit for frames ``offset``.. (≤ 0 where inside)."""
+        over = excess > 0
+        bad = np.flatnonzero(over.any(axis=1))
+        if bad.size:
+            self.frames += int(bad.size)
+            self.max_excess_nm = max(self.max_excess_nm, float(excess.max()))
+            if self.first is None:
+                atom = int(np.argmax(excess[bad[0]]))
+                self.first = {"frame": offset + int(bad[0]), "atom": atom, "excess_nm": float(excess[bad[0], atom])}
+
+
 def _run_group(backmapper: Backmapper, cg_inputs: list[CGInput], stems: list[str], paths: list[list[Path]],
-               topology: md.Topology, structure: np.ndarray | None) -> list[Path]:
-    settings = backmapper.settings
-    mapping = backmapper.model.system.mapping
+               fingerprints: list[list[dict]], topology: md.Topology, structure: np.ndarray | None) -> list[Path]:
+    settings, system = backmapper.settings, backmapper.model.system
     cg, _, lengths = backmapper._stack([c.xyz for c in cg_inputs], range(len(cg_inputs)))
-    keys = [(stems[g], s) for g in range(len(cg_inputs)) for s in range(settings.samples)]
     rows = [(g, s) for g in range(len(cg_inputs)) for s in range(settings.samples)]
-    n_frames = cg.shape[1]
-    sq_error = np.zeros(len(rows))
-    started = time.perf_counter()
-    with ExitStack() as stack:
-        tmp_paths = [stack.enter_context(atomic_path(paths[g][s])) for g, s in rows]
-        writers = [TrajectoryWriter(p, topology) for p in tmp_paths]
-        bar = stack.enter_context(tqdm(total=n_frames * len(rows), unit="frame", unit_scale=True,
-                                       desc=f"backmap {len(cg_inputs)} inputs x {settings.samples}",
-                                       disable=not settings.progress))
-        done = 0
-        for chunk in backmapper.rollout(cg, keys, structure):
+    keys = [(stems[g], s) for g, s in rows]
+    outputs = [paths[g][s] for g, s in rows]
+    progress = RolloutProgress(outputs, combined(fingerprints[g][s] for g, s in rows), system.n_atoms)
+    streams = backmapper.streams(keys)
+    k = max(backmapper.network.history, 1)
+    state = progress.load()
+    if state is not None and state["frames"] < k:
+        progress.discard()
+        state = progress.load()
+    done, previous = 0, None
+    sq_error, overflow, elapsed = np.zeros(len(rows)), [GridOverflow() for _ in rows], 0.0
+    if state is not None:
+        done, previous, sq_error, elapsed = state["frames"], progress.previous(k), state["sq_error"], state["elapsed_s"]
+        overflow = [GridOverflow(**o) for o in state["overflow"]]
+        streams.restore(state["streams"])
+    limit = backmapper.model.grid.max_radius
+    started = time.perf_counter() - elapsed
+    with tqdm(total=cg.shape[1] * len(rows), initial=done * len(rows), unit="frame", unit_scale=True,
+              desc=f"backmap {len(cg_inputs)} inputs x {settings.samples}", disable=not settings.progress) as bar:
+        for chunk in backmapper.rollout(cg[:, done:], keys, structure, streams, previous):
             chunk_np = chunk.cpu().numpy()
-            cg_np = cg[:, done:done + chunk_np.shape[1]].numpy()
-            for r, (g, _) in enumerate(rows):
-                keep = max(0, min(chunk_np.shape[1], lengths[r] - done))
-                if keep:
-                    writers[r].write(chunk_np[r, :keep], cg_inputs[g].time[done:done + keep])
-                    sq_error[r] += ((mapping(chunk_np[r, :keep]) - cg_np[r, :keep]) ** 2).sum(-1).mean(-1).sum()
-            done += chunk_np.shape[1]
-            bar.update(chunk_np.shape[1] * len(rows))
-        for writer in writers:
+            t = chunk_np.shape[1]
+            cg_np = cg[:, done:done + t].numpy()
+            progress.append(chunk_np)
+            for r in range(len(rows)):
+                keep = max(0, min(t, lengths[r] - done))
+                frames = chunk_np[r, :keep]
+                sq_error[r] += ((system.mapping(frames) - cg_np[r, :keep]) ** 2).sum(-1).mean(-1).sum()
+                centred = frames - cg_np[r, :keep].mean(axis=1, keepdims=True)
+                overflow[r].update(np.abs(centred).max(axis=-1) - limit, done)
+            done += t
+            progress.save({"frames": done, "streams": streams.state(), "sq_error": sq_error,
+                           "overflow": [asdict(o) for o in overflow], "elapsed_s": time.perf_counter() - started})
+            bar.update(t * len(rows))
+    elapsed = time.perf_counter() - started
+    for r, (g, s) in enumerate(rows):
+        _write_output(outputs[r], progress.frames(r)[:lengths[r]], cg_inputs[g].time, topology,
+                      settings.chunk_frames)
+        summary = {"input": str(cg_inputs[g].path), "sample": s, "frames": lengths[r],
+                   "cg_rmsd_nm": float(np.sqrt(sq_error[r] / lengths[r])),
+                   "group_frames_per_s": float(sum(lengths) / elapsed), "seed": settings.seed,
+                   "refinement_steps": settings.refinement.steps, "grid_overflow": asdict(overflow[r]),
+                   "fingerprint": fingerprints[g][s]}
+        with atomic_path(outputs[r].with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(summary, indent=1))
+        if overflow[r].frames:
+            first = overflow[r].first
+            print(f"warning: {outputs[r]}: {overflow[r].frames} frames have atoms beyond the voxel grid's usable "
+                  f"half-width {limit:.3f} nm (first: frame {first['frame']}, atom {first['atom']} "
+                  f"{topology.atom(first['atom'])}, {first['excess_nm']:.3f} nm beyond; largest "
+                  f"{overflow[r].max_excess_nm:.3f} nm): their densities are cut by the grid edge")
+    progress.discard()
+    return outputs
+
+
+def _write_output(path: Path, frames: np.ndarray, time: np.ndarray, topology: md.Topology, chunk: int) -> None:
+    """Write ``frames`` (T, N, 3) nm with their ``time`` (ps) to ``path`` atomically, chunk by chunk."""
+    with atomic_path(path) as tmp:
+        writer = TrajectoryWriter(tmp, topology)
+        try:
+            for start in range(0, len(frames), chunk):
+                writer.write(frames[start:start + chunk], time[start:start + chunk])
+        finally:
             writer.close()
-        elapsed = time.perf_counter() - started
-        for r, (g, s) in enumerate(rows):
-            summary = {"input": str(cg_inputs[g].path), "sample": s, "frames": lengths[r],
-                       "cg_rmsd_nm": float(np.sqrt(sq_error[r] / lengths[r])),
-                       "group_frames_per_s": float(sum(lengths) / elapsed), "seed": settings.seed,
-                       "refinement_steps": settings.refinement.steps}
-            with atomic_path(paths[g][s].with_suffix(".json")) as tmp:
-                tmp.write_text(json.dumps(summary, indent=1))
-    return [paths[g][s] for g, s in rows]
 
 
 def backmap_files(cfg) -> list[Path]:
     """``tcbm backmap`` from a ``conf/backmap.yaml``-shaped config."""
-    model = BackmapModel.load(cfg.model)
-    inputs = distributed_share(expand_paths(list(cfg.cg) if not isinstance(cfg.cg, str) else cfg.cg))
+    if cfg.format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {cfg.format!r}")
     settings = RolloutSettings(samples=cfg.samples, latent=cfg.latent, seed=cfg.seed, batch_size=cfg.batch_size,
                                chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, cuda_graph=cfg.cuda_graph,
                                progress=cfg.progress,
                                refinement=RefinementSettings(**OmegaConf.to_container(cfg.refine, resolve=True)))
+    inputs = distributed_share(expand_paths(list(cfg.cg) if not isinstance(cfg.cg, str) else cfg.cg))
+    model = BackmapModel.load(cfg.model)
     if cfg.compile:
         model.network.decoder = torch.compile(model.network.decoder)
     return backmap_paths(model, inputs, cfg.out, settings, cfg.format, cfg.cg_top, cfg.input_is_aa, cfg.aa_top,

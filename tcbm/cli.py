@@ -7,7 +7,9 @@ Commands: simulate, train, backmap, evaluate, demo.  Each is a Hydra app whose c
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -75,9 +77,26 @@ def _reporting_user_errors(runner):
                 raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             print(f"{sys.argv[0]}: error: {message}", file=sys.stderr)
+            _remove_run_dir()
             raise SystemExit(1) from None
 
     return run
+
+
+def _remove_run_dir() -> None:
+    """Delete the Hydra log folder of a run that failed on bad input, and its parents that are left empty
+    (up to the working directory), so that a rejected command leaves nothing behind."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    cwd = Path.cwd().resolve()
+    if cwd not in run_dir.parents:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.parents:
+        if parent == cwd or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 RUNNERS = {

@@ -1,6 +1,7 @@
 """``tcbm demo``: the whole pipeline on alanine dipeptide, from nothing to a report.
 
-Stages (each reused when its output exists, unless ``force=true``): simulate training and held-out
+Stages (each reused when its output exists and was made the same way — same settings, same inputs —
+unless ``force=true``): simulate training and held-out
 trajectories; train tcbm (``history: 1``) and the frame-based ablation (``history: 0``); backmap the
 held-out CG trajectory with both (and, labelled as such, with tcbm plus the optional physics refinement);
 evaluate them and the nearest-neighbour library baseline against the held-out reference.
@@ -23,10 +24,11 @@ from tcbm.analysis.baselines import NearestNeighbourBackmapper
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
 from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings, backmap_paths
+from tcbm.fingerprint import differences
 from tcbm.refine import RefinementSettings
 from tcbm.simulate import simulate
 from tcbm.systems import load_system
-from tcbm.training import train
+from tcbm.training import train, training_fingerprint
 
 MODELS = {"tcbm": 1, "frame-based cVAE": 0}  # label -> history
 
@@ -37,15 +39,21 @@ def _stage(name: str) -> None:
 
 def train_model(out: Path, experiment: str, history: int, trajectory: Path, overrides: list[str],
                 force: bool = False) -> Path:
-    """Train (or reuse) ``out/model.pt`` with ``tcbm train experiment=<experiment>`` on ``trajectory``."""
+    """Train ``out/model.pt`` with ``tcbm train experiment=<experiment>`` on ``trajectory``, or reuse it when
+    it was trained with the same config and data (its fingerprint); otherwise ``out`` is trained afresh."""
     artefact = out / "model.pt"
-    if artefact.exists() and not force:
-        print(f"reusing {artefact}")
-        return artefact
     cfg = compose("train", overrides=[f"experiment={experiment}", f"data.trajectories={trajectory}",
                                       f"model.network.history={history}", *overrides])
     OmegaConf.set_struct(cfg, False)
     cfg.out = str(out)
+    if artefact.exists() and not force:
+        why = differences(BackmapModel.load(artefact).metadata.get("fingerprint"), training_fingerprint(cfg))
+        if not why:
+            print(f"reusing {artefact}")
+            return artefact
+        print(f"retraining {artefact}: {'; '.join(why)}")
+    if out.exists():
+        shutil.rmtree(out)  # no checkpoints or logs of another training left behind
     return train(cfg)
 
 

@@ -14,6 +14,8 @@ from pytorch_lightning.loggers import CSVLogger
 
 from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.data import BackmapDataModule, TripleDataset
+from tcbm.fingerprint import digest, file_digest
+from tcbm.io import expand_paths
 from tcbm.latent import LatentSampler, encode_posterior_means
 from tcbm.lightning import CVAEModule
 from tcbm.systems import MolecularSystem, load_system
@@ -72,6 +74,16 @@ def _selected_checkpoint(cfg: DictConfig, best: ModelCheckpoint, last: Path) -> 
     if cfg.selection.weights == "best" and best.best_model_path:
         return Path(best.best_model_path)
     return last
+
+
+def training_fingerprint(cfg: DictConfig) -> dict:
+    """What a trained model depends on: the resolved config (its output folder aside) and the contents of
+    the training trajectories.  Stored in the artefact's metadata; reruns compare it before reusing one."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("out", None)
+    trajectories = config["data"]["trajectories"]
+    return {"config": digest(config),
+            "trajectories": [file_digest(p) for p in expand_paths(trajectories)]}
 
 
 def train(cfg: DictConfig) -> Path:
@@ -142,6 +154,7 @@ def train(cfg: DictConfig) -> Path:
                 "selection": {"monitor": monitor, "mode": cfg.selection.mode, "weights": cfg.selection.weights,
                               "best_score": None if checkpoints.best_model_score is None
                               else float(checkpoints.best_model_score)},
-                "trajectories": data.data.sources, "config": OmegaConf.to_container(cfg, resolve=True)}
+                "trajectories": data.data.sources, "config": OmegaConf.to_container(cfg, resolve=True),
+                "fingerprint": training_fingerprint(cfg)}
     model = BackmapModel(module.model.cpu(), network, system, sampler, library, cfg.data.lag, metadata)
     return model.save(out / "model.pt")

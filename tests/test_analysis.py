@@ -11,7 +11,7 @@ from tcbm.analysis import Evaluation, EvaluationSettings, MSMComparison, Nearest
 from tcbm.analysis.fes import ramachandran
 from tcbm.analysis.msm import timescales
 from tcbm.analysis.observables import clashes_per_frame, frame_speeds, l_chiral_fraction
-from tcbm.analysis.scores import js_divergence, wasserstein1
+from tcbm.analysis.scores import js_divergence, js_of_samples, wasserstein1
 
 FAST = {"bayesian_samples": 10, "n_clusters": 12, "msm_lags": (1, 2, 5)}
 
@@ -73,9 +73,27 @@ def test_scores_known_values():
     assert js_divergence(np.array([3, 1]), np.array([6, 2])) == pytest.approx(0.0)
 
 
-def test_self_evaluation_gives_zero_divergence(adp_traj, adp):
+def test_js_bins_come_from_the_reference_and_outliers_count_against_a_sample():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0.0, 1.0, 5000)
+    shifted = reference + 3.0
+    assert js_of_samples(reference[:2500], reference[2500:], 50) < 0.02
+    far = js_of_samples(shifted, reference, 50)
+    assert far > 0.5
+    # one extreme frame no longer squashes everything into one bin (shared min..max edges gave JS 0.00)
+    assert js_of_samples(np.append(shifted, 1e5), reference, 50) == pytest.approx(far, abs=0.01)
+    # mass outside the reference's range is a bin of its own: half the sample out there costs ~half
+    assert 0.25 < js_of_samples(np.concatenate([reference, np.full(5000, 1e3)]), reference, 50) < 0.35
+
+
+def test_self_evaluation_is_zero_and_a_time_shuffled_copy_is_flagged(adp_traj, adp):
     ref = load(adp_traj)
-    evaluation = Evaluation(EvaluationSettings(**FAST)).fit(ref, {"copy": ref[:]}, adp)
+    shuffled = md.Trajectory(ref.xyz[np.random.default_rng(0).permutation(ref.n_frames)], ref.topology,
+                             time=ref.time)
+    evaluation = Evaluation(EvaluationSettings(**FAST)).fit(ref, {"copy": ref[:], "shuffled": shuffled}, adp)
+    mixed = evaluation.metrics["datasets"]["shuffled"]
+    assert mixed["energy_w1_kJmol"] == pytest.approx(0.0, abs=1e-9)  # every per-frame distribution kept...
+    assert mixed["velocity_js"] > 0.3 and mixed["rotor_autocorrelation_max_error"] > 0.3  # ...not the dynamics
     copy = evaluation.metrics["datasets"]["copy"]
     for key in ("energy_w1_kJmol", "energy_js", "bond_mae_nm", "velocity_w1_nm_per_ps", "velocity_js", "fes_js",
                 "cg_rmsd_nm"):

@@ -10,6 +10,7 @@ import torch
 
 from tcbm.backmap import Backmapper, RolloutSettings, backmap_paths, distributed_share, nearest_library_frames
 from tcbm.geometry import aligned_rmsd, random_rotations
+from tcbm.refine import RefinementSettings
 
 
 def run(model, inputs, out, **settings):
@@ -94,6 +95,91 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model, cg_inputs
         assert a.read_bytes() == b.read_bytes()
 
 
+@pytest.mark.parametrize("kill_after_state", [True, False])
+def test_rollout_killed_mid_trajectory_resumes_to_the_same_file(tmp_path, tiny_model, cg_inputs, monkeypatch,
+                                                                 kill_after_state):
+    import tcbm.resume
+
+    settings = {"chunk_frames": 4, "refinement": RefinementSettings(steps=2)}  # latents and refinement noise
+    reference = run(tiny_model, cg_inputs, tmp_path / "ref", **settings)
+    original, saves = tcbm.resume.RolloutProgress.save, []
+
+    def dying(self, state):
+        saves.append(state["frames"])
+        if len(saves) == 3:  # killed after 3 chunks' frames, with or without their state recorded
+            if kill_after_state:
+                original(self, state)
+            raise KeyboardInterrupt("killed")
+        original(self, state)
+
+    monkeypatch.setattr(tcbm.resume.RolloutProgress, "save", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_model, cg_inputs, tmp_path / "resumed", **settings)
+    out = tmp_path / "resumed"
+    assert not list(out.glob("*.xtc")) and len(list(out.glob(".*.frames"))) == 3  # raw frames kept, no output
+    monkeypatch.setattr(tcbm.resume.RolloutProgress, "save", original)
+    resumed_at = []
+    monkeypatch.setattr(tcbm.resume.RolloutProgress, "load",
+                        lambda self, f=tcbm.resume.RolloutProgress.load: resumed_at.append(f(self)) or resumed_at[-1])
+    resumed = run(tiny_model, cg_inputs, out, **settings)
+    assert resumed_at[0]["frames"] == (12 if kill_after_state else 8)  # not from frame 0
+    for a, b in zip(reference, resumed, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+        assert json.loads(a.with_suffix(".json").read_text())["cg_rmsd_nm"] == pytest.approx(
+            json.loads(b.with_suffix(".json").read_text())["cg_rmsd_nm"], rel=1e-9)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # raw files and state gone
+
+
+def test_rerun_reuses_only_outputs_made_the_same_way(tmp_path, tiny_model, cg_inputs, capsys):
+    from tcbm.artifact import BackmapModel
+
+    path = run(tiny_model, cg_inputs[:1], tmp_path)[0]
+    first = path.read_bytes()
+    path.touch()
+    stamp = path.stat().st_mtime_ns
+    assert run(tiny_model, cg_inputs[:1], tmp_path)[0].stat().st_mtime_ns == stamp  # same everything: reused
+    run(tiny_model, cg_inputs[:1], tmp_path, seed=7)
+    assert "recomputing" in capsys.readouterr().out and path.read_bytes() != first
+    assert json.loads(path.with_suffix(".json").read_text())["fingerprint"]["settings"]["seed"] == 7
+    other = BackmapModel.load(tiny_model.save(tmp_path / "m.pt"))
+    assert other.fingerprint() == tiny_model.fingerprint()  # a saved-and-loaded copy is the same model
+    with torch.no_grad():
+        other.network.decoder.out.bias += 0.05
+    seeded = path.read_bytes()
+    run(other, cg_inputs[:1], tmp_path, seed=7)
+    assert "model: " in capsys.readouterr().out and path.read_bytes() != seeded
+    paths = run(other, cg_inputs[:1], tmp_path, seed=7, samples=2)  # new files, same rows' streams
+    assert [p.name for p in paths] == ["cg0_s0.xtc", "cg0_s1.xtc"]
+
+
+def test_atoms_beyond_the_grid_are_reported(tmp_path, tiny_model, cg_inputs, capsys, monkeypatch):
+    import tcbm.rollout
+
+    # the untrained tiny model (grid half-width 0.4 nm) already puts H atoms up to ~0.1 nm beyond its grid
+    clean = json.loads(run(tiny_model, cg_inputs[:1], tmp_path / "clean")[0].with_suffix(".json").read_text())
+    assert clean["grid_overflow"]["max_excess_nm"] < 0.2
+    original, calls = tcbm.rollout.step, []
+
+    def drifting(network, cg, previous, z):  # from frame 10 on, atom 3 sits 0.5 nm beyond the grid along x
+        frame = original(network, cg, previous, z)
+        calls.append(1)
+        if len(calls) > 10:
+            frame[:, 3, 0] = cg[:, :, 0].mean(dim=1) + tiny_model.grid.max_radius + 0.5
+        return frame
+
+    monkeypatch.setattr(tcbm.rollout, "step", drifting)
+    path = run(tiny_model, cg_inputs[:1], tmp_path / "out")[0]
+    overflow = json.loads(path.with_suffix(".json").read_text())["grid_overflow"]
+    assert overflow["frames"] == 30 and overflow["max_excess_nm"] == pytest.approx(0.5, abs=1e-5)
+    assert "30 frames have atoms beyond the voxel grid" in capsys.readouterr().out
+    from tcbm.backmap import GridOverflow
+
+    known = GridOverflow()
+    known.update(np.array([[-0.1, -0.2], [-0.1, 0.3], [0.2, 0.1]]), offset=5)
+    assert known.frames == 2 and known.first == {"frame": 6, "atom": 1, "excess_nm": 0.3}
+    assert known.max_excess_nm == 0.3
+
+
 def test_nan_frame_and_bead_count_errors(tmp_path, tiny_model, cg_inputs, adp):
     traj = md.load(str(cg_inputs[0]))
     traj.xyz[4, 2, 0] = np.nan
@@ -135,20 +221,45 @@ def test_torchrun_two_processes(tmp_path, tiny_model, cg_inputs):
         assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
 
 
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, cg_inputs):
+    """Inputs a user may get wrong, each in its own file."""
+    folder = tmp_path_factory.mktemp("bad_inputs")
+    traj = md.load(str(cg_inputs[0]))
+    nan = traj[:]
+    nan.xyz[4, 2, 0] = np.nan
+    nan.save_hdf5(str(folder / "nan.h5"))
+    traj.atom_slice(range(5)).save_hdf5(str(folder / "five.h5"))
+    wide = traj[:]
+    wide.xyz[7] *= 8.0
+    wide.save_hdf5(str(folder / "wide.h5"))
+    traj.save_xtc(str(folder / "no_top.xtc"))
+    torch.save({"weights": [1, 2]}, folder / "foreign.pt")
+    return folder
+
+
 @pytest.mark.parametrize("args, message", [
-    (["model=missing.pt", "cg=x.xtc"], "model artefact missing.pt does not exist"),
+    (["model=missing.pt"], "model artefact missing.pt does not exist"),
+    (["model={bad}/foreign.pt"], "foreign.pt is not a tcbm model artefact"),
+    (["cg=x.xtc"], "no file matches 'x.xtc'"),
+    (["cg={bad}/nan.h5"], "nan.h5: frame 4 has non-finite"),
+    (["cg={bad}/five.h5"], "five.h5: 5 beads per frame, but the model's CG mapping has 6"),
+    (["cg={bad}/wide.h5"], "wide.h5: frame 7 does not fit the model's voxel grid"),
+    (["cg={bad}/no_top.xtc"], "no_top.xtc: a CG topology is needed"),
+    (["input_is_aa=true"], "atoms"),
     (["samples=0"], "samples, batch_size and chunk_frames must be >= 1"),
+    (["format=pdb"], "format must be one of ('xtc', 'dcd', 'h5'), got 'pdb'"),
     (["autocast=int8"], "autocast must be null, 'bf16' or 'fp16'"),
     (["refine.steps=-1"], "invalid refinement settings"),
 ])
-def test_cli_user_errors_are_one_line_without_traceback(tmp_path, tiny_model, cg_inputs, args, message):
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path, tiny_model, cg_inputs, bad_inputs, args, message):
     model = tiny_model.save(tmp_path / "model.pt")
-    base = [f"model={model}", f"cg={cg_inputs[0]}", f"out={tmp_path / 'out'}"]
-    cmd = [sys.executable, "-m", "tcbm.cli", "backmap", *base, *args]
+    base = [f"model={model}", f"cg={cg_inputs[0]}", "out=out"]
+    cmd = [sys.executable, "-m", "tcbm.cli", "backmap", *base, *(a.format(bad=bad_inputs) for a in args)]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tcbm backmap: error: ") and message in lines[0]
-    assert not list((tmp_path / "out").glob("*.xtc")) and not (tmp_path / "out" / "topology.pdb").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no output, no log folder left

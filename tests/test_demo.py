@@ -32,3 +32,9 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
         run_demo(cfg)  # second run reuses data and models
         assert "reusing" in capsys.readouterr().out
         assert (tmp_path / "model_history1" / "model.pt").stat().st_mtime == stamp
+        changed = compose("demo", overrides=[f"out={tmp_path}", *MINIATURE, "backmap.seed=1"])
+        changed.train_overrides = [*changed.train_overrides[:-1], "data.batch_size=6"]
+        run_demo(changed)  # another training setting and another rollout seed: nothing stale is served
+        out = capsys.readouterr().out
+        assert out.count("retraining") == 2 and "recomputing" in out and "reusing" not in out
+        assert json.loads((tmp_path / "backmapped_model_history1" / "test.json").read_text())["seed"] == 1

@@ -14,7 +14,7 @@ import mdtraj as md
 import numpy as np
 
 from tcbm.analysis import observables as obs
-from tcbm.analysis.fes import TICAProjection, ca_distances, histogram2d, ramachandran, shared_grid
+from tcbm.analysis.fes import TICAProjection, ca_distances, histogram2d, outside_mass, ramachandran, reference_grid
 from tcbm.analysis.msm import MSMComparison, fit_states, msm_frame_weights
 from tcbm.analysis.scores import js_divergence, js_of_samples, wasserstein1
 from tcbm.io import atomic_path
@@ -84,11 +84,13 @@ class Evaluation:
         energies = {k: obs.potential_energies(t.xyz, system) for k, t in everything.items()}
         speeds = {k: obs.frame_speeds(t.xyz, dt, s.velocity_rescale.get(k, 1.0)) for k, t in everything.items()}
         bonds = {k: obs.bond_lengths(t) for k, t in everything.items()}
-        grid = shared_grid(list(cvs.values()), s.fes_bins, periodic=self.cv_kind == "ramachandran")
+        grid = reference_grid(cvs["reference"], s.fes_bins, periodic=self.cv_kind == "ramachandran")
         states = fit_states(cvs["reference"], s.n_clusters or (100 if self.cv_kind == "ramachandran" else 150), s.seed)
         dtrajs = {k: states.transform(np.ascontiguousarray(v, dtype=np.float64)) for k, v in cvs.items()}
         weights = {k: msm_frame_weights(d, s.msm_lag) if s.fes_reweight else None for k, d in dtrajs.items()}
         hists = {k: histogram2d(v, grid, weights[k]) for k, v in cvs.items()}
+        # the FES divergence counts what falls outside the reference's grid as one more bin
+        fes_bins = {k: np.append(h.ravel(), outside_mass(cvs[k], grid, weights[k])) for k, h in hists.items()}
         msm = MSMComparison(s.msm_lag, tuple(s.msm_lags), s.n_timescales, dt, s.bayesian_samples,
                             s.normalize_timescales).fit(dtrajs, "reference")
         cg_ref = cg if cg is not None else system.mapping(reference.xyz)
@@ -113,7 +115,7 @@ class Evaluation:
                 "clash_frame_fraction": float((clashes > 0).mean()),
                 "velocity_w1_nm_per_ps": wasserstein1(speeds[name], speeds["reference"]),
                 "velocity_js": js_of_samples(speeds[name], speeds["reference"], s.hist_bins),
-                "fes_js": js_divergence(hists[name], hists["reference"]),
+                "fes_js": js_divergence(fes_bins[name], fes_bins["reference"]),
                 "cg_rmsd_nm": float(obs.cg_rmsd(traj.xyz, cg_ref, system.mapping).mean())
                 if len(cg_ref) == traj.n_frames else None,
                 "msm": msm[name],

@@ -53,15 +53,24 @@ def free_energy(cvs: np.ndarray, edges: tuple[np.ndarray, np.ndarray], temperatu
                 weights: np.ndarray | None = None) -> np.ndarray:
     """−kT ln p (kJ/mol, minimum 0, inf where empty) on the shared grid ``edges``."""
     counts = histogram2d(cvs, edges, weights)
+    if counts.sum() == 0:  # nothing on this grid
+        return np.full(counts.shape, np.inf)
     with np.errstate(divide="ignore"):
         fes = -KB * temperature * np.log(counts / counts.sum())
     return fes - fes[np.isfinite(fes)].min()
 
 
-def shared_grid(samples: list[np.ndarray], bins: int, periodic: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Bin edges per CV: [−π, π] for periodic angles, else spanning all samples."""
+def reference_grid(reference: np.ndarray, bins: int, periodic: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Bin edges per CV: [−π, π] for periodic angles, else spanning the reference's range (other samples'
+    points outside it go to :func:`outside_mass`, not into a stretched grid)."""
     if periodic:
         edge = np.linspace(-np.pi, np.pi, bins + 1)
         return edge, edge
-    values = np.concatenate(samples)
-    return tuple(np.linspace(values[:, k].min(), values[:, k].max() + 1e-9, bins + 1) for k in range(2))
+    return tuple(np.linspace(reference[:, k].min(), reference[:, k].max() + 1e-9, bins + 1) for k in range(2))
+
+
+def outside_mass(cvs: np.ndarray, edges: tuple[np.ndarray, np.ndarray], weights: np.ndarray | None = None) -> float:
+    """Total weight (count if unweighted) of the points outside the grid ``edges``."""
+    inside = ((cvs[:, 0] >= edges[0][0]) & (cvs[:, 0] <= edges[0][-1])
+              & (cvs[:, 1] >= edges[1][0]) & (cvs[:, 1] <= edges[1][-1]))
+    return float((~inside).sum() if weights is None else np.asarray(weights)[~inside].sum())

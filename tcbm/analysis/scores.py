@@ -27,10 +27,21 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return float(jensenshannon(p / p.sum(), q / q.sum(), base=2) ** 2)
 
 
-def js_of_samples(a: np.ndarray, b: np.ndarray, bins: int = 100) -> float:
-    """JS divergence of two 1-D samples histogrammed on shared edges."""
-    edges = shared_edges([a, b], bins)
-    return js_divergence(np.histogram(a, edges)[0], np.histogram(b, edges)[0])
+def reference_edges(reference: np.ndarray, bins: int = 100) -> np.ndarray:
+    """Bin edges at the reference's quantiles (about equal reference mass per bin) plus an underflow and an
+    overflow bin (−∞ and +∞ edges): every value of another sample lands in some bin, so its outliers count
+    against it instead of stretching the grid until everything else shares one bin."""
+    inner = np.unique(np.quantile(np.ravel(reference), np.linspace(0.0, 1.0, bins + 1)))
+    if len(inner) < 2:  # a constant reference
+        inner = np.array([inner[0] - 0.5, inner[0] + 0.5])
+    return np.concatenate([[-np.inf], inner, [np.inf]])
+
+
+def js_of_samples(sample: np.ndarray, reference: np.ndarray, bins: int = 100) -> float:
+    """JS divergence of a 1-D ``sample`` from a 1-D ``reference``, histogrammed on the reference's
+    :func:`reference_edges`."""
+    edges = reference_edges(reference, bins)
+    return js_divergence(np.histogram(np.ravel(sample), edges)[0], np.histogram(np.ravel(reference), edges)[0])
 
 
 def relative_error(value: float, reference: float) -> float:
