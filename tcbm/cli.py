@@ -38,7 +38,8 @@ def run_train(cfg: DictConfig) -> None:
     from tcbm.training import train
 
     artefact = train(cfg)
-    print(f"model artefact: {artefact}")
+    if artefact is not None:
+        print(f"model artefact: {artefact}")
 
 
 def run_backmap(cfg: DictConfig) -> None:
@@ -65,8 +66,8 @@ def run_demo(cfg: DictConfig) -> None:
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
 
-def _reporting_user_errors(runner):
-    """Wrap a command so that a user error prints ``tcbm <command>: error: <message>`` on stderr and exits
+def _reporting_user_errors(runner, prog: str):
+    """Wrap a command so that a user error prints ``<prog>: error: <message>`` on stderr and exits
     with status 1; ``HYDRA_FULL_ERROR=1`` shows the full traceback instead."""
 
     def run(cfg: DictConfig) -> None:
@@ -76,7 +77,7 @@ def _reporting_user_errors(runner):
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            print(f"{sys.argv[0]}: error: {message}", file=sys.stderr)
+            print(f"{prog}: error: {message}", file=sys.stderr)
             _remove_run_dir()
             raise SystemExit(1) from None
 
@@ -108,16 +109,24 @@ RUNNERS = {
 }
 
 
+#: names the command for processes that Lightning's DDP launcher starts again with ``sys.argv``
+COMMAND_ENV = "TCBM_COMMAND"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
+    if argv and argv[0] in COMMANDS:
+        command = argv.pop(0)
+    elif os.environ.get(COMMAND_ENV) in COMMANDS:  # a DDP worker: `python <this file> <overrides>`
+        command = os.environ[COMMAND_ENV]
+    else:
         print(f"usage: tcbm {{{','.join(COMMANDS)}}} [key=value ...]\n"
               "  units: nm, ps, kJ/mol, K; `tcbm <command> --help` lists every setting", file=sys.stderr)
         raise SystemExit(2)
-    command = argv.pop(0)
+    os.environ[COMMAND_ENV] = command
     app = hydra.main(version_base="1.3", config_path=CONFIG_PATHS.get(command, CONFIG_PATH), config_name=command)(
-        _reporting_user_errors(RUNNERS[command]))
-    sys.argv = [f"tcbm {command}", *argv]
+        _reporting_user_errors(RUNNERS[command], f"tcbm {command}"))
+    sys.argv = [os.path.abspath(__file__), *argv]  # Hydra reads the overrides, DDP workers rerun this file
     app()
 
 

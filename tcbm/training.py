@@ -86,8 +86,9 @@ def training_fingerprint(cfg: DictConfig) -> dict:
             "trajectories": [file_digest(p) for p in expand_paths(trajectories)]}
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train a model from a ``conf/train.yaml``-shaped config; returns the artefact path.
+def train(cfg: DictConfig) -> Path | None:
+    """Train a model from a ``conf/train.yaml``-shaped config; returns the artefact path (None on the
+    other ranks of a distributed run).
 
     ``checkpoints/last.ckpt`` always holds the final weights; ``model.pt`` holds those chosen by
     ``selection`` (by default the validation with the lowest rollout energy W1), and its metadata records
@@ -138,8 +139,8 @@ def train(cfg: DictConfig) -> Path:
         return out
     last = out / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last)  # the final weights, whatever the last validation was
-    if not trainer.is_global_zero:
-        return out / "model.pt"
+    if not trainer.is_global_zero:  # rank 0 alone selects, encodes and writes the artefact
+        return None
     selected = _selected_checkpoint(cfg, checkpoints, last)
     module.to(trainer.strategy.root_device)  # Lightning's teardown left it on the CPU: encode on the GPU
     state = torch.load(selected, map_location=module.device, weights_only=False)

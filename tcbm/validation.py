@@ -91,7 +91,8 @@ class RolloutValidation(pl.Callback):
         if trainer.sanity_checking or len(self.reference) == 0:
             return
         for name, value in self.evaluate(pl_module).items():
-            pl_module.log(f"val/rollout/{name}", value, batch_size=len(self.reference))
+            # every rank rolls out the same windows with the same weights: the mean over ranks is that value
+            pl_module.log(f"val/rollout/{name}", value, batch_size=len(self.reference), sync_dist=True)
 
     def rollout(self, pl_module: pl.LightningModule) -> tuple[BackmapModel, np.ndarray]:
         """The in-memory artefact of the current weights of ``pl_module`` (a :class:`~tcbm.lightning.CVAEModule`)

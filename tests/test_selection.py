@@ -126,3 +126,24 @@ def test_rollout_scores_known_answers(adp_traj, adp):
     cg = adp.mapping(xyz)
     assert scores["cg_rmsd_nm"] == pytest.approx(0.01 * np.sqrt((cg ** 2).sum(-1).mean()), rel=1e-3)
     assert scores["energy_w1_kJmol"] > 2 * 2.49  # stretched bonds cost more than 2 kT
+
+
+def test_ddp_on_two_cpu_processes_writes_one_artefact(tmp_path, adp_traj):
+    """`tcbm train` with two gloo DDP processes (Lightning relaunches the CLI for rank 1)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "tcbm.cli", "train", f"data.trajectories={adp_traj[0]}", "out=run",
+           "trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=4", "data.val_fraction=0.2",
+           "data.n_blocks=5", "model.network.width=4", "model.network.latent_dim=2", "model.gmm.components=2",
+           "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "trainer.devices=2",
+           "+trainer.strategy=ddp", "rollout_validation.windows=2", "rollout_validation.frames=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TCBM_COMMAND", None)
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("model artefact: run/model.pt") == 1  # written and announced by rank 0 only
+    model = BackmapModel.load(tmp_path / "run" / "model.pt")
+    assert model.metadata["steps"] == 4 and model.metadata["weights_step"] in (2, 4)
+    assert not list((tmp_path / "run").glob(".*partial*"))
