@@ -38,13 +38,19 @@ def targets(metrics: dict) -> list[str]:
     """The paper's claims as pass/fail lines for tcbm."""
     d = metrics["datasets"]
     tcbm = d["tcbm"]
-    rel = tcbm["msm"]["relative_error"]
+    resolved = d["reference"]["msm"].get("resolved", [])
+    rel = [r for r, ok in zip(tcbm["msm"]["relative_error"], resolved) if ok]  # timescales resolved at the lag
     others = [d[k]["velocity_js"] for k in ("frame-based cVAE", "nearest-neighbour")]
+    rotor_error = tcbm.get("rotor_autocorrelation_max_error")
+    cg_fixed = " (phi/psi are CG atoms: any CG-consistent backmapper passes)"
     checks = [
         (f"energy W1 < kT ({KT:.2f} kJ/mol)", tcbm["energy_w1_kJmol"] < KT, f"{tcbm['energy_w1_kJmol']:.2f}"),
         ("all frames L-chiral", tcbm["l_chiral_fraction"] == 1.0, f"{100 * tcbm['l_chiral_fraction']:.1f} %"),
-        ("FES JS < 0.02", tcbm["fes_js"] < 0.02, f"{tcbm['fes_js']:.4f}"),
-        ("t2, t3 within 10 %", len(rel) >= 2 and max(rel[:2]) < 0.1, ", ".join(f"{100 * r:.0f} %" for r in rel[:2])),
+        ("methyl-rotor <cos dphi> within 0.1 of the reference", rotor_error is not None and rotor_error < 0.1,
+         "n/a" if rotor_error is None else f"max error {rotor_error:.2f}"),
+        ("FES JS < 0.02" + cg_fixed, tcbm["fes_js"] < 0.02, f"{tcbm['fes_js']:.4f}"),
+        (f"resolved MSM timescales ({len(rel)}) within 10 %" + cg_fixed, bool(rel) and max(rel) < 0.1,
+         ", ".join(f"{100 * r:.0f} %" for r in rel) or "none resolved"),
         ("velocity JS < 0.02", tcbm["velocity_js"] < 0.02, f"{tcbm['velocity_js']:.4f}"),
         ("velocity JS better than both frame-based baselines", tcbm["velocity_js"] < min(others),
          f"{tcbm['velocity_js']:.4f} vs {min(others):.4f}"),

@@ -26,8 +26,26 @@ def test_msm_recovers_known_timescales():
     truth = MarkovStateModel(transition).timescales(3) * 0.5
     dtraj = MarkovStateModel(transition).simulate(200_000, seed=7)
     est = timescales(dtraj, lag=2, k=3, dt_ps=0.5, n_samples=50)
-    assert np.all(np.abs(est.ml - truth) / truth < 0.1)
+    assert np.all(np.abs(est.ml - truth) / truth < 0.1) and np.all(np.abs(est.mean - truth) / truth < 0.1)
     assert np.all((est.lower <= truth * 1.05) & (truth * 0.95 <= est.upper))
+    assert np.all((est.lower <= est.mean) & (est.mean <= est.upper))  # point and interval: one estimator
+    again = timescales(dtraj, lag=2, k=3, dt_ps=0.5, n_samples=50)
+    other = timescales(dtraj, lag=2, k=3, dt_ps=0.5, n_samples=50, seed=1)
+    assert np.array_equal(again.lower, est.lower) and not np.array_equal(other.lower, est.lower)  # seeded
+
+
+def test_only_timescales_resolved_at_the_lag_are_reported():
+    # t2 = 100 frames (slow), t3 ~ 0.6 frames: shorter than a lag of 2 frames, so not resolved there
+    transition = np.array([[0.6, 0.39, 0.01], [0.39, 0.6, 0.01], [0.005, 0.005, 0.99]])
+    fast_slow = MarkovStateModel(transition).simulate(100_000, seed=3)
+    result = MSMComparison(lag=2, lags=(1, 2, 4), n_timescales=2, bayesian_samples=10).fit(
+        {"reference": fast_slow}, "reference")
+    assert result["reference"]["resolved"] == [True, False]
+    from tcbm.analysis.report import timescale_rows
+
+    table = "\n".join(timescale_rows({"datasets": {"reference": {"msm": result["reference"]}},
+                                      "settings": {"msm_lag": 2}}))
+    assert "| t2 (ps)" in table and "| t3 (ps)" not in table and "t3 of the reference: not resolved" in table
 
 
 def test_msm_of_a_data_set_against_itself_is_identical():
@@ -36,6 +54,11 @@ def test_msm_of_a_data_set_against_itself_is_identical():
         {"ref": dtraj, "copy": dtraj.copy()}, "ref")
     assert result["copy"]["relative_error"] == [0.0, 0.0]
     assert np.allclose(np.diag(result["copy"]["eigenvector_similarity"]), 1.0)
+    # a process twice as fast (every off-diagonal rate doubled) must show a ~50 % error in t2
+    faster = MarkovStateModel(np.array([[0.8, 0.2, 0.0], [0.1, 0.8, 0.1], [0.0, 0.2, 0.8]])).simulate(20_000, seed=2)
+    result = MSMComparison(lag=1, lags=(1, 2), n_timescales=2, bayesian_samples=10).fit(
+        {"ref": dtraj, "faster": faster}, "ref")
+    assert 0.4 < result["faster"]["relative_error"][0] < 0.6
 
 
 def test_phi_psi_match_mdtraj(adp):

@@ -92,7 +92,7 @@ class Evaluation:
         # the FES divergence counts what falls outside the reference's grid as one more bin
         fes_bins = {k: np.append(h.ravel(), outside_mass(cvs[k], grid, weights[k])) for k, h in hists.items()}
         msm = MSMComparison(s.msm_lag, tuple(s.msm_lags), s.n_timescales, dt, s.bayesian_samples,
-                            s.normalize_timescales).fit(dtrajs, "reference")
+                            s.normalize_timescales, s.seed).fit(dtrajs, "reference")
         cg_ref = cg if cg is not None else system.mapping(reference.xyz)
         ref_bond_means = {k: v.reshape(reference.n_frames, -1).mean(0) for k, v in bonds["reference"].items()}
         rotors = {k: obs.rotor_autocorrelations(t, list(s.rotor_lags_ps), dt) for k, t in everything.items()}

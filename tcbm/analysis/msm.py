@@ -4,11 +4,13 @@ timescales (ps) with 95 % intervals, and eigenvector cosine similarity between d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import sqrt
 
 import numpy as np
 from deeptime.clustering import KMeans
 from deeptime.markov import TransitionCountEstimator
 from deeptime.markov.msm import BayesianMSM, MarkovStateModel, MaximumLikelihoodMSM
+from deeptime.markov.tools.estimation.dense.tmat_sampling.tmatrix_sampler import TransitionMatrixSampler
 
 
 def fit_states(reference_cvs: np.ndarray, n_clusters: int, seed: int = 0):
@@ -32,9 +34,29 @@ def msm_frame_weights(dtraj: np.ndarray, lag: int) -> np.ndarray:
     return estimate_msm(dtraj, lag).compute_trajectory_weights(dtraj)[0]
 
 
+class SeededBayesianMSM(BayesianMSM):
+    """deeptime's :class:`BayesianMSM` whose transition-matrix sampler is seeded (deeptime's own draws a
+    fresh random seed every time, so intervals change from run to run)."""
+
+    def __init__(self, seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seed = seed
+
+    def sample(self, prior: MarkovStateModel, n_samples: int, n_steps: int | None = None, callback=None):
+        n_steps = n_steps or int(sqrt(prior.count_model.n_states_full))
+        sampler = TransitionMatrixSampler(prior.count_model.count_matrix, reversible=self.reversible,
+                                          P0=prior.transition_matrix, n_steps=n_steps, seed=self.seed)
+        matrices, stationary = sampler.sample(nsamples=n_samples, return_statdist=True, callback=callback)
+        return [MarkovStateModel(P, stationary_distribution=pi, reversible=self.reversible,
+                                 count_model=prior.count_model,
+                                 transition_matrix_tolerance=prior.transition_matrix_tolerance)
+                for P, pi in zip(matrices, stationary)]
+
+
 @dataclass
 class TimescaleEstimate:
-    """Implied timescales (ps): ML values and Bayesian mean with 95 % interval [lower, upper]."""
+    """Implied timescales (ps) from one Bayesian MSM: posterior ``mean`` with its 95 % interval [lower,
+    upper]; ``ml``: the maximum-likelihood MSM's values (sliding-window counts) for reference."""
 
     ml: np.ndarray
     mean: np.ndarray
@@ -42,16 +64,36 @@ class TimescaleEstimate:
     upper: np.ndarray
 
 
-def timescales(dtraj: np.ndarray, lag: int, k: int, dt_ps: float, n_samples: int = 100) -> TimescaleEstimate:
-    """The ``k`` slowest implied timescales at ``lag`` frames, in ps, with Bayesian 95 % intervals."""
+def timescales(dtraj: np.ndarray, lag: int, k: int, dt_ps: float, n_samples: int = 100,
+               seed: int = 0) -> TimescaleEstimate:
+    """The ``k`` slowest implied timescales at ``lag`` frames, in ps: Bayesian posterior mean and 95 %
+    interval of the same seeded estimator (effective counts), and the ML values."""
     msm = estimate_msm(dtraj, lag)
     k = min(k, msm.n_states - 1)
     counts = TransitionCountEstimator(lag, "effective").fit(dtraj).fetch_model().submodel_largest()
-    stats = BayesianMSM(n_samples=n_samples, reversible=True).fit(counts).fetch_model().gather_stats(
+    stats = SeededBayesianMSM(seed, n_samples=n_samples, reversible=True).fit(counts).fetch_model().gather_stats(
         "timescales", k=k, confidence=0.95)
     scale = dt_ps
     return TimescaleEstimate(msm.timescales(k) * scale, np.asarray(stats.mean) * scale, np.asarray(stats.L) * scale,
                              np.asarray(stats.R) * scale)
+
+
+def resolved(timescales_ps: np.ndarray, its_ps: np.ndarray, lags: list[int], lag: int, dt_ps: float,
+             tolerance: float = 0.2) -> list[bool]:
+    """Which processes are resolved at ``lag``: timescale longer than the lag time, and converged — its
+    implied timescale at the next larger lag of ``lags`` (rows of ``its_ps``) within ``tolerance`` of its
+    value at ``lag`` (when no larger lag was estimated, the first condition alone decides)."""
+    longer = [t > lag * dt_ps for t in timescales_ps]
+    larger = [i for i, value in enumerate(lags) if value > lag]
+    if not larger or lag not in lags:
+        return [bool(x) for x in longer]
+    here, there = its_ps[lags.index(lag)], its_ps[larger[0]]
+    out = []
+    for i, ok in enumerate(longer):
+        converged = i < len(here) and np.isfinite(here[i]) and np.isfinite(there[i]) and \
+            abs(there[i] - here[i]) <= tolerance * here[i]
+        out.append(bool(ok and converged))
+    return out
 
 
 def implied_timescales(dtraj: np.ndarray, lags: list[int], k: int, dt_ps: float) -> np.ndarray:
@@ -80,8 +122,8 @@ def eigenvector_similarity(msm_a: MarkovStateModel, msm_b: MarkovStateModel, k: 
     return np.abs(va.T @ vb)
 
 
-EMPTY_KEYS = ("timescales_ps", "timescales_mean_ps", "timescales_lower_ps", "timescales_upper_ps", "relative_error",
-              "implied_timescales_ps", "eigenvector_similarity")
+EMPTY_KEYS = ("timescales_ps", "timescales_lower_ps", "timescales_upper_ps", "timescales_ml_ps", "resolved",
+              "relative_error", "implied_timescales_ps", "eigenvector_similarity")
 
 
 @dataclass
@@ -94,10 +136,12 @@ class MSMComparison:
     dt_ps: float = 1.0
     bayesian_samples: int = 100
     normalize_to_reference: bool = False
+    seed: int = 0
 
     def fit(self, dtrajs: dict[str, np.ndarray], reference: str) -> dict:
-        """Per data set: timescales at ``lag`` (ps, with 95 % intervals), relative errors against the
-        reference, implied timescales vs ``lags``, and eigenvector similarity to the reference."""
+        """Per data set: timescales at ``lag`` (ps; Bayesian posterior mean and 95 % interval of one seeded
+        estimator, ML values alongside), whether each is resolved at the lag (:func:`resolved`), relative
+        errors against the reference, implied timescales vs ``lags``, and eigenvector similarity."""
         try:
             ref_msm = estimate_msm(dtrajs[reference], self.lag)
         except ValueError as err:
@@ -114,22 +158,23 @@ class MSMComparison:
         return results
 
     def _entry(self, dtraj: np.ndarray, ref_msm: MarkovStateModel, ref_ts: np.ndarray | None, is_reference: bool):
-        ts = timescales(dtraj, self.lag, self.n_timescales, self.dt_ps, self.bayesian_samples)
+        ts = timescales(dtraj, self.lag, self.n_timescales, self.dt_ps, self.bayesian_samples, self.seed)
         factor = 1.0
         if is_reference:
-            ref_ts = ts.ml
-        elif self.normalize_to_reference and len(ts.ml) and len(ref_ts):
-            factor = ref_ts[0] / ts.ml[0]
-        n = min(len(ts.ml), len(ref_ts))
+            ref_ts = ts.mean
+        elif self.normalize_to_reference and len(ts.mean) and len(ref_ts):
+            factor = ref_ts[0] / ts.mean[0]
+        n = min(len(ts.mean), len(ref_ts))
+        its = implied_timescales(dtraj, list(self.lags), self.n_timescales, self.dt_ps)
         return {
-            "timescales_ps": (ts.ml * factor).tolist(),
-            "timescales_mean_ps": (ts.mean * factor).tolist(),
+            "timescales_ps": (ts.mean * factor).tolist(),
             "timescales_lower_ps": (ts.lower * factor).tolist(),
             "timescales_upper_ps": (ts.upper * factor).tolist(),
+            "timescales_ml_ps": (ts.ml * factor).tolist(),
+            "resolved": resolved(ts.mean, its, list(self.lags), self.lag, self.dt_ps),
             "normalization_factor": factor,
-            "relative_error": (np.abs(ts.ml[:n] * factor - ref_ts[:n]) / ref_ts[:n]).tolist(),
-            "implied_timescales_ps": implied_timescales(dtraj, list(self.lags), self.n_timescales,
-                                                        self.dt_ps).tolist(),
+            "relative_error": (np.abs(ts.mean[:n] * factor - ref_ts[:n]) / ref_ts[:n]).tolist(),
+            "implied_timescales_ps": its.tolist(),
             "eigenvector_similarity": eigenvector_similarity(
                 ref_msm, estimate_msm(dtraj, self.lag), self.n_timescales).tolist(),
         }

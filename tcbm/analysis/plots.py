@@ -59,10 +59,11 @@ def _timescales(metrics: dict, lags: tuple[int, ...], dt: float, path: Path) -> 
         its = np.asarray(entry["msm"]["implied_timescales_ps"])
         for j in range(its.shape[1]):
             axes[0].semilogy(np.asarray(lags) * dt, its[:, j], "o-", color=f"C{k}", label=name if j == 0 else None)
-        ml = np.asarray(entry["msm"]["timescales_mean_ps"])
+        mean = np.asarray(entry["msm"]["timescales_ps"])
         lower, upper = np.asarray(entry["msm"]["timescales_lower_ps"]), np.asarray(entry["msm"]["timescales_upper_ps"])
-        x = np.arange(len(ml)) + 2 + 0.8 * (k / max(len(datasets), 1) - 0.4)
-        axes[1].errorbar(x, ml, yerr=[ml - lower, upper - ml], fmt="o", color=f"C{k}", capsize=3, label=name)
+        x = np.arange(len(mean)) + 2 + 0.8 * (k / max(len(datasets), 1) - 0.4)
+        axes[1].errorbar(x, mean, yerr=[np.maximum(mean - lower, 0), np.maximum(upper - mean, 0)], fmt="o",
+                         color=f"C{k}", capsize=3, label=name)
     axes[0].fill_between(np.asarray(lags) * dt, np.asarray(lags) * dt, color="grey", alpha=0.3)
     axes[0].set_xlabel("lag time τ (ps)")
     axes[0].set_ylabel("implied timescale (ps)")

@@ -36,8 +36,16 @@ def metrics_table(metrics: dict) -> str:
     for rotor in metrics["datasets"]["reference"].get("rotor_autocorrelation", {}):
         cells = ["/".join(f"{v:.2f}" for v in metrics["datasets"][n]["rotor_autocorrelation"][rotor]) for n in names]
         lines.append(f"| {rotor} methyl <cos dphi> at {lags} ps | " + " | ".join(cells) + " |")
-    n_ts = max(len(metrics["datasets"][n]["msm"]["timescales_ps"]) for n in names)
-    for i in range(n_ts):
+    return "\n".join(lines + timescale_rows(metrics))
+
+
+def timescale_rows(metrics: dict) -> list[str]:
+    """Table rows of the MSM timescales the reference resolves at the lag, and a note naming the others."""
+    names = list(metrics["datasets"])
+    lines = []
+    reference_resolved = metrics["datasets"]["reference"]["msm"].get("resolved", [])
+    unresolved = [f"t{i + 2}" for i, ok in enumerate(reference_resolved) if not ok]
+    for i in (i for i, ok in enumerate(reference_resolved) if ok):  # only processes the reference resolves
         cells = []
         for n in names:
             msm = metrics["datasets"][n]["msm"]
@@ -49,7 +57,11 @@ def metrics_table(metrics: dict) -> str:
             else:
                 cells.append("–")
         lines.append(f"| t{i + 2} (ps) [95 % CI] (rel. err.) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    if unresolved:
+        lines.append(f"\n{', '.join(unresolved)} of the reference: not resolved at lag "
+                     f"{metrics['settings']['msm_lag']} frames (not longer than the lag time, or not converged at "
+                     "the next lag); left out of the table, see the implied-timescale plot.")
+    return lines
 
 
 def write_report(metrics: dict, figures: dict[str, str], out: Path) -> Path:
