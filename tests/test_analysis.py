@@ -109,6 +109,20 @@ def test_js_bins_come_from_the_reference_and_outliers_count_against_a_sample():
     assert 0.25 < js_of_samples(np.concatenate([reference, np.full(5000, 1e3)]), reference, 50) < 0.35
 
 
+def test_rotamer_hops_of_a_rotor_spun_at_a_known_rate_ignore_librations():
+    from tcbm.analysis.observables import hop_rates, rotor_phases
+
+    rng = np.random.default_rng(0)
+    frames = np.arange(3000)
+    minimum = 0.4 + (frames // 10) * 2 * np.pi / 3  # a 120° hop every 10 frames from a minimum at 0.4 rad
+    angles = np.angle(np.exp(1j * (minimum + rng.uniform(-0.5, 0.5, len(frames)))))[:, None]  # ±29° libration
+    phases = rotor_phases(angles)
+    assert phases[0] == pytest.approx(0.4, abs=0.05)
+    assert hop_rates(angles, phases, dt_ps=0.5)[0] == pytest.approx(299 / 2999 / 0.5, rel=1e-6)
+    # states whose boundaries sit ON the minima would count the librations as hops
+    assert hop_rates(angles, phases + np.pi / 3, dt_ps=0.5)[0] > 5 * hop_rates(angles, phases, dt_ps=0.5)[0]
+
+
 def test_self_evaluation_is_zero_and_a_time_shuffled_copy_is_flagged(adp_traj, adp):
     ref = load(adp_traj)
     shuffled = md.Trajectory(ref.xyz[np.random.default_rng(0).permutation(ref.n_frames)], ref.topology,
@@ -117,6 +131,11 @@ def test_self_evaluation_is_zero_and_a_time_shuffled_copy_is_flagged(adp_traj, a
     mixed = evaluation.metrics["datasets"]["shuffled"]
     assert mixed["energy_w1_kJmol"] == pytest.approx(0.0, abs=1e-9)  # every per-frame distribution kept...
     assert mixed["velocity_js"] > 0.3 and mixed["rotor_autocorrelation_max_error"] > 0.3  # ...not the dynamics
+    ref_entry = evaluation.metrics["datasets"]["reference"]
+    assert mixed["free_rmsd_nm"] > 1.3 * ref_entry["free_rmsd_nm"]  # 0.5 ps frames: the reference moves a lot
+    assert mixed["free_displacement_js"]["H"] > 0.05 and mixed["free_displacement_js"]["C"] > 0.1
+    for rotor, rate in ref_entry["rotor_hops_per_ps"].items():
+        assert mixed["rotor_hops_per_ps"][rotor] > rate, rotor
     copy = evaluation.metrics["datasets"]["copy"]
     for key in ("energy_w1_kJmol", "energy_js", "bond_mae_nm", "velocity_w1_nm_per_ps", "velocity_js", "fes_js",
                 "cg_rmsd_nm"):

@@ -96,6 +96,7 @@ class Evaluation:
         cg_ref = cg if cg is not None else system.mapping(reference.xyz)
         ref_bond_means = {k: v.reshape(reference.n_frames, -1).mean(0) for k, v in bonds["reference"].items()}
         rotors = {k: obs.rotor_autocorrelations(t, list(s.rotor_lags_ps), dt) for k, t in everything.items()}
+        free = self._free_atom_measures(everything, system, dt)
         metrics = {}
         for name, traj in everything.items():
             bond_means = {k: v.reshape(traj.n_frames, -1).mean(0) for k, v in bonds[name].items()}
@@ -123,6 +124,7 @@ class Evaluation:
                 "rotor_autocorrelation_max_error": max(
                     (abs(a - b) for r in rotors[name] for a, b in zip(rotors[name][r], rotors["reference"][r])),
                     default=None),
+                **free[name],
             }
             metrics[name] = entry
         self.metrics = {"units": UNITS, "settings": {**asdict(self.settings), "dt_ps": dt, "cv": self.cv_kind},
@@ -130,6 +132,31 @@ class Evaluation:
         self._data = {"energies": energies, "speeds": speeds, "cvs": cvs, "grid": grid, "bonds": bonds, "dt": dt,
                       "fes_weights": weights}
         return self
+
+    def _free_atom_measures(self, everything: dict[str, md.Trajectory], system: MolecularSystem, dt: float
+                            ) -> dict[str, dict]:
+        """What the CG does not fix, per data set: methyl rotamer hops per ps (states centred on the
+        reference's staggered minima), and the frame-to-frame motion of the CG-free atoms in the CG's frame —
+        mean RMSD (nm) and, per element, the displacement distribution's JS and W1 (nm) against the reference."""
+        atoms = obs.free_atoms(system.mapping)
+        elements = np.array([str(system.topology.atom(int(i)).element.symbol) for i in atoms])
+        names, ref_angles = obs.methyl_dihedrals(everything["reference"])
+        phases = obs.rotor_phases(ref_angles)
+        motion = {k: obs.free_atom_motion(t.xyz, system.mapping, atoms) for k, t in everything.items()}
+        ref_disp = motion["reference"][0]
+        out = {}
+        for name, traj in everything.items():
+            disp, rmsd = motion[name]
+            rates = obs.hop_rates(obs.methyl_dihedrals(traj)[1], phases, dt)
+            out[name] = {
+                "rotor_hops_per_ps": {r: float(v) for r, v in zip(names, rates)},
+                "free_rmsd_nm": float(rmsd.mean()) if len(rmsd) else None,
+                "free_displacement_js": {str(e): js_of_samples(disp[:, elements == e], ref_disp[:, elements == e],
+                                                          self.settings.hist_bins) for e in sorted(set(elements))},
+                "free_displacement_w1_nm": {str(e): wasserstein1(disp[:, elements == e], ref_disp[:, elements == e])
+                                            for e in sorted(set(elements))},
+            }
+        return out
 
     def write(self, out: str | Path) -> Path:
         """Write ``metrics.json``, figures and ``report.md`` into ``out``; returns the report path."""

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from tcbm.energy import MMEnergy
+from tcbm.geometry import superpose
 from tcbm.mapping import CGMapping
 from tcbm.systems import MolecularSystem
 
@@ -146,3 +147,51 @@ def rotor_autocorrelations(traj: md.Trajectory, lags_ps: list[float], dt_ps: flo
     lags = [max(1, int(round(lag / dt_ps))) for lag in lags_ps]
     values = dihedral_autocorrelation(angles, lags)
     return {name: [float(v) for v in values[:, k]] for k, name in enumerate(rotors)}
+
+
+def free_atoms(mapping: CGMapping) -> np.ndarray:
+    """Indices of the atoms the CG leaves free: every atom except those that form a bead on their own."""
+    fixed = np.flatnonzero(np.isclose(mapping.weights, 1.0).any(axis=0))
+    return np.setdiff1d(np.arange(mapping.n_atoms), fixed)
+
+
+def rotor_phases(angles: np.ndarray) -> np.ndarray:
+    """Per rotor (columns of ``angles``, rad), the position of one staggered minimum: the phase of the
+    three-fold density, arg⟨exp(3iφ)⟩ / 3.  Fitted on the reference and used for every data set."""
+    return np.angle(np.exp(3j * angles).mean(axis=0)) / 3.0
+
+
+def rotamer_states(angles: np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """Rotamer (0, 1, 2) of each methyl dihedral: states centred on the staggered minima ``phases`` + k·120°,
+    so their boundaries lie on the eclipsed maxima and librations about a minimum are not hops."""
+    return np.round((angles - phases) / (2 * np.pi / 3)).astype(int) % 3
+
+
+def hop_rates(angles: np.ndarray, phases: np.ndarray, dt_ps: float) -> np.ndarray:
+    """Rotamer changes per ps between consecutive frames, per rotor."""
+    states = rotamer_states(angles, phases)
+    return (states[1:] != states[:-1]).sum(axis=0) / (dt_ps * max(len(angles) - 1, 1))
+
+
+def methyl_dihedrals(traj: md.Trajectory) -> tuple[list[str], np.ndarray]:
+    """Names and dihedral time series (frames, rotors) rad of the methyl rotors of ``traj``."""
+    rotors = methyl_rotors(traj.topology)
+    if not rotors:
+        return [], np.zeros((traj.n_frames, 0))
+    return list(rotors), md.compute_dihedrals(traj, np.array(list(rotors.values())))
+
+
+def free_atom_motion(xyz: np.ndarray, mapping: CGMapping, atoms: np.ndarray, batch: int = 4096
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Frame-to-frame motion of the CG-free ``atoms`` in the frame of the CG: frame t+1 superposed onto frame
+    t through their CG beads, then per atom and frame pair the displacement (nm) of each free atom,
+    (frames − 1, len(atoms)), and the RMSD (nm) of the free atoms, (frames − 1,)."""
+    x = torch.as_tensor(np.asarray(xyz, dtype=np.float64))
+    cg = mapping(x)
+    displacements = []
+    for start in range(0, len(x) - 1, batch):
+        stop = min(start + batch, len(x) - 1)
+        moved = superpose(cg[start + 1:stop + 1], cg[start:stop], carry=x[start + 1:stop + 1])
+        displacements.append((moved[:, atoms] - x[start:stop, atoms]).norm(dim=-1))
+    d = torch.cat(displacements).numpy() if displacements else np.zeros((0, len(atoms)))
+    return d, np.sqrt((d ** 2).mean(axis=1))
