@@ -198,3 +198,17 @@ def test_chignolin_uses_tica_of_45_ca_distances(tmp_path, cln):
     evaluation = Evaluation(settings).fit(traj, {"copy": traj[:]}, cln)
     assert evaluation.metrics["settings"]["cv"] == "tica"
     assert evaluation.metrics["datasets"]["copy"]["fes_js"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_external_references_are_compared_like_with_like(adp_traj, adp):
+    from tcbm.analysis.evaluate import comparable_energies
+
+    ref = load(adp_traj)
+    every_other = ref[::2]  # 1 ps frames against the reference's 0.5 ps
+    with pytest.raises(ValueError, match=r"'coarse' has frames every 1 ps, the reference every 0.5 ps"):
+        Evaluation(EvaluationSettings(**FAST)).fit(ref, {"coarse": every_other}, adp)
+    with pytest.raises(ValueError, match="settings.energies"):
+        EvaluationSettings(energies="relative")
+    energies = {"reference": np.array([1.0, 2.0, 3.0, 10.0]), "other force field": np.array([101.0, 102.0, 103.0, 110.0])}
+    assert wasserstein1(*comparable_energies(energies, "absolute").values()) == pytest.approx(100.0)
+    assert wasserstein1(*comparable_energies(energies, "centred").values()) == pytest.approx(0.0)

@@ -28,7 +28,10 @@ class EvaluationSettings:
     """Analysis settings: temperature (K), frame spacing ``dt_ps`` (None: from the reference's time
     stamps), CVs (``auto`` = Ramachandran for a single residue, TICA of Cα distances otherwise), MSM lag
     and lags (frames), clusters (None: 100 for Ramachandran, 150 for TICA), histogram bins;
-    ``fes_reweight`` weights every frame by its MSM's stationary distribution in the FES."""
+    ``fes_reweight`` weights every frame by its MSM's stationary distribution in the FES;
+    ``energies``: ``absolute`` compares force-field energies as they are, ``centred`` subtracts each data
+    set's own median first (for a reference from another force field or solvent, whose absolute energies
+    under this system's vacuum force field are not comparable, only the distributions' shapes are)."""
 
     temperature_K: float = 300.0
     dt_ps: float | None = None
@@ -47,6 +50,23 @@ class EvaluationSettings:
     velocity_rescale: dict[str, float] = field(default_factory=dict)
     rotor_lags_ps: tuple[float, ...] = (1.0, 20.0, 100.0)
     seed: int = 0
+    energies: str = "absolute"
+
+    def __post_init__(self) -> None:
+        if self.energies not in ("absolute", "centred"):
+            raise ValueError(f"settings.energies must be 'absolute' or 'centred', got {self.energies!r}")
+
+
+def frame_spacing(traj: md.Trajectory) -> float | None:
+    """Median time between frames (ps) from a trajectory's time stamps; None when it has none."""
+    if traj.n_frames < 2 or np.ptp(traj.time) <= 0:
+        return None
+    return float(np.median(np.diff(traj.time)))
+
+
+def comparable_energies(energies: dict[str, np.ndarray], mode: str) -> dict[str, np.ndarray]:
+    """Energies as compared: unchanged (``absolute``), or each data set's minus its own median (``centred``)."""
+    return energies if mode == "absolute" else {k: e - np.median(e) for k, e in energies.items()}
 
 
 class Evaluation:
@@ -63,6 +83,15 @@ class Evaluation:
             if traj.n_atoms != reference.n_atoms:
                 raise ValueError(f"data set {name!r} has {traj.n_atoms} atoms, the reference has {reference.n_atoms}")
             system.check_atoms(traj.topology, f"data set {name!r}")
+        reference_dt = frame_spacing(reference)
+        if self.settings.dt_ps is None and reference_dt is not None:
+            for name, traj in datasets.items():
+                dt = frame_spacing(traj)
+                if dt is not None and abs(dt - reference_dt) > 1e-3 * reference_dt:
+                    raise ValueError(
+                        f"data set {name!r} has frames every {dt:g} ps, the reference every {reference_dt:g} ps: "
+                        "velocities, rotor kinetics and MSMs compare only at equal spacing (stride one of them, "
+                        "or set settings.dt_ps if the time stamps are wrong)")
 
     def _cv(self, traj: md.Trajectory) -> np.ndarray:
         return ramachandran(traj) if self.cv_kind == "ramachandran" else self.tica.transform(ca_distances(traj))
@@ -73,15 +102,15 @@ class Evaluation:
         sets for CG consistency (default: f_cg(reference) for data sets with as many frames)."""
         s = self.settings
         self._check(reference, datasets, system)
-        dt = s.dt_ps or (float(np.median(np.diff(reference.time))) if reference.n_frames > 1 and np.ptp(
-            reference.time) > 0 else 1.0)
+        dt = s.dt_ps or frame_spacing(reference) or 1.0
         everything = {"reference": reference, **datasets}
         n_res = sum(1 for r in system.topology.residues if r.name not in ("ACE", "NME"))
         self.cv_kind = s.cv if s.cv != "auto" else ("ramachandran" if n_res == 1 else "tica")
         if self.cv_kind == "tica":
             self.tica = TICAProjection(s.tica_lag).fit(ca_distances(reference))
         cvs = {k: self._cv(t) for k, t in everything.items()}
-        energies = {k: obs.potential_energies(t.xyz, system) for k, t in everything.items()}
+        energies = comparable_energies({k: obs.potential_energies(t.xyz, system) for k, t in everything.items()},
+                                       s.energies)
         speeds = {k: obs.frame_speeds(t.xyz, dt, s.velocity_rescale.get(k, 1.0)) for k, t in everything.items()}
         bonds = {k: obs.bond_lengths(t) for k, t in everything.items()}
         grid = reference_grid(cvs["reference"], s.fes_bins, periodic=self.cv_kind == "ramachandran")

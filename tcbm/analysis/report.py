@@ -80,6 +80,9 @@ def write_report(metrics: dict, figures: dict[str, str], out: Path) -> Path:
         f"Frames every {settings['dt_ps']:g} ps; CVs: {settings['cv']}; MSM lag {settings['msm_lag']} frames; "
         f"{settings['temperature_K']:g} K; clashes = pairs ≥ 4 bonds apart closer than "
         f"{settings['clash_threshold_nm']} nm. JS divergences are base 2 (0 = identical, 1 = disjoint).",
+        "Energies: " + ("this system's vacuum force-field energies as they are." if settings.get("energies", "absolute")
+                        == "absolute" else "centred on each data set's own median (the reference comes from another "
+                        "force field or solvent, so only the shapes of the distributions compare)."),
         "Methyl rotors (H–C–X–Y dihedrals of every CH3, not fixed by a backbone CG): <cos dphi> is the mean "
         "cosine of the dihedral's change over the lag; 1 is a frozen rotor, a rotor that forgets its phase "
         "decays towards 0; the max abs. error is over rotors and lags against the reference. Rotamer hops "
