@@ -29,7 +29,8 @@ def _system(cfg: DictConfig):
 def run_simulate(cfg: DictConfig) -> None:
     from tcbm.simulate import SimulationConfig, simulate
 
-    settings = {k: cfg[k] for k in SimulationConfig.__dataclass_fields__}
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    settings = {k: plain[k] for k in SimulationConfig.__dataclass_fields__}
     path = simulate(_system(cfg), cfg.out, name=cfg.name, progress=cfg.progress, **settings)
     print(f"trajectory: {path}")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mdtraj as md
@@ -26,6 +26,9 @@ from tcbm.systems import MolecularSystem
 #: Below this many atoms OpenMM's single-threaded Reference platform beats the CPU platform
 #: (measured on a 2-core machine, OBC: alanine dipeptide 36,800 vs 1,350 steps/s; chignolin 900 vs 1,000).
 REFERENCE_PLATFORM_MAX_ATOMS = 100
+#: force constant (kJ/mol/rad²) of the start restraints, and the name of its global parameter
+START_RESTRAINT_KJ_PER_RAD2 = 1000.0
+RESTRAINT_K = "k_start_restraint"
 
 
 @dataclass
@@ -43,8 +46,15 @@ class SimulationConfig:
     seed: int = 0
     platform: str = "auto"
     chunk_frames: int = 1000
+    #: dihedral restraints held during minimisation and equilibration only, to start in a chosen region:
+    #: ``[{"atoms": [i, j, k, l], "angle_deg": 60.0}, ...]`` (e.g. alanine dipeptide's φ = 4-6-8-14 at +60°
+    #: and ψ = 6-8-14-16 at +40° start it in αL); released before the first saved frame
+    start_restraints: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        for restraint in self.start_restraints:
+            if set(restraint) != {"atoms", "angle_deg"} or len(restraint["atoms"]) != 4:
+                raise ValueError(f"start_restraints entries need 'atoms' (4 indices) and 'angle_deg', got {restraint}")
         for key in ("length_ps", "save_interval_ps", "timestep_ps", "temperature_K", "chunk_frames"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"simulation setting {key} must be positive, got {getattr(self, key)}")
@@ -91,6 +101,14 @@ class Simulation:
     def _context(self) -> tuple[openmm.Context, openmm.Integrator]:
         cfg = self.config
         omm_system = self.system.openmm_system(cfg.implicit_solvent, cfg.constrain_hbonds)
+        if cfg.start_restraints:  # switched off (k = 0) once equilibrated, see run()
+            restraint = openmm.CustomTorsionForce(
+                f"0.5*{RESTRAINT_K}*min(d, 2*pi-d)^2; d = abs(theta - theta0); pi = {np.pi}")
+            restraint.addGlobalParameter(RESTRAINT_K, START_RESTRAINT_KJ_PER_RAD2)
+            restraint.addPerTorsionParameter("theta0")
+            for r in cfg.start_restraints:
+                restraint.addTorsion(*[int(a) for a in r["atoms"]], [np.deg2rad(float(r["angle_deg"]))])
+            omm_system.addForce(restraint)
         integrator = openmm.LangevinMiddleIntegrator(
             cfg.temperature_K * u.kelvin, cfg.friction_per_ps / u.picosecond, cfg.timestep_ps * u.picosecond
         )
@@ -142,6 +160,8 @@ class Simulation:
             openmm.LocalEnergyMinimizer.minimize(context, 10.0, 1000)
             context.setVelocitiesToTemperature(cfg.temperature_K * u.kelvin, cfg.seed + 1)
             integrator.step(int(round(cfg.equilibration_ps / cfg.timestep_ps)))
+        if cfg.start_restraints:
+            context.setParameter(RESTRAINT_K, 0.0)  # production runs free
         n_chunks = -(-cfg.n_frames // cfg.chunk_frames)
         bar = tqdm(total=cfg.n_frames, initial=min(done * cfg.chunk_frames, cfg.n_frames), unit="frame",
                    desc=f"simulate {self.name}", disable=not progress)

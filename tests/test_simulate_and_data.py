@@ -8,7 +8,7 @@ import torch
 
 from tcbm.data import BackmapDataModule, TripleDataset, load_aa_trajectories, split_triples
 from tcbm.io import load_trajectory
-from tcbm.simulate import Simulation, SimulationConfig
+from tcbm.simulate import Simulation, SimulationConfig, simulate
 
 
 def test_cli_simulate_writes_loadable_trajectory(tmp_path):
@@ -123,3 +123,18 @@ def test_trajectory_split_needs_several_trajectories(adp_traj, adp):
 def test_grid_too_small_is_reported(adp_traj, adp):
     with pytest.raises(ValueError, match="increase model.grid.r_grid by at least"):
         BackmapDataModule(adp, str(adp_traj[0]), max_radius=0.2)
+
+
+def test_start_restraints_start_alanine_dipeptide_in_alpha_l_then_release(tmp_path, adp):
+    import mdtraj as md
+
+    alpha_l = [{"atoms": [4, 6, 8, 14], "angle_deg": 60.0}, {"atoms": [6, 8, 14, 16], "angle_deg": 40.0}]
+    free = md.load(str(simulate(adp, tmp_path, "free", length_ps=4.0, equilibration_ps=2.0, progress=False)),
+                   top=str(tmp_path / "free.pdb"))
+    held = md.load(str(simulate(adp, tmp_path, "alpha_l", length_ps=4.0, equilibration_ps=2.0, progress=False,
+                                start_restraints=alpha_l)), top=str(tmp_path / "alpha_l.pdb"))
+    phi_free, phi_held = (np.degrees(md.compute_phi(t)[1][:, 0]) for t in (free, held))
+    assert np.all(phi_free < 0) and np.all(phi_held[:2] > 20)  # starts in alpha_L, the reference in beta
+    assert phi_held.std() > 2.0  # and moves freely afterwards (the restraint is off)
+    with pytest.raises(ValueError, match="start_restraints"):
+        simulate(adp, tmp_path, "bad", length_ps=1.0, start_restraints=[{"atoms": [1, 2, 3]}])
