@@ -27,6 +27,9 @@ class VoxelGrid:
     def __post_init__(self) -> None:
         if self.d < 2 or self.r_grid <= 0 or self.sigma <= 0:
             raise ValueError(f"invalid voxel grid {self}: need d >= 2, r_grid > 0, sigma > 0")
+        if self.max_radius <= 0:
+            raise ValueError(f"invalid voxel grid {self}: r_grid/2 must exceed {EDGE_SIGMAS:g} sigma "
+                             f"({EDGE_SIGMAS * self.sigma:.3f} nm) so that particles fit inside it")
 
     @property
     def spacing(self) -> float:

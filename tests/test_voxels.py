@@ -55,4 +55,6 @@ def test_molecule_not_fitting_grid_error():
 def test_invalid_grid():
     with pytest.raises(ValueError, match="invalid voxel grid"):
         VoxelGrid(d=1)
+    with pytest.raises(ValueError, match="must exceed 3 sigma"):
+        VoxelGrid(d=10, r_grid=0.5, sigma=0.16)  # no room inside: max_radius would be negative
     assert math.isclose(VoxelGrid(d=11, r_grid=2.0).spacing, 0.2)
