@@ -171,15 +171,17 @@ def test_mismatched_topology_is_reported(adp_traj, adp, cln):
 def test_cli_evaluate_writes_all_files(tmp_path, adp_traj, tiny_model):
     model = tiny_model.save(tmp_path / "model.pt")
     ref = load(adp_traj)
-    ref[::2].save_xtc(str(tmp_path / "thinned.xtc"))
+    noisy = ref[:]
+    noisy.xyz += np.random.default_rng(0).normal(0, 0.003, noisy.xyz.shape).astype(np.float32)
+    noisy.save_xtc(str(tmp_path / "noisy.xtc"))
     cmd = [sys.executable, "-m", "tcbm.cli", "evaluate", f"reference={adp_traj[0]}",
-           f"backmapped=[{adp_traj[0]},{tmp_path / 'thinned.xtc'}]", "labels=[same,thinned]",
+           f"backmapped=[{adp_traj[0]},{tmp_path / 'noisy.xtc'}]", "labels=[same,noisy]",
            f"nearest_neighbour_model={model}", f"out={tmp_path / 'eval'}", "settings.bayesian_samples=10",
            "settings.n_clusters=12", "settings.msm_lags=[1,2,5]"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
     out = tmp_path / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["datasets"]) == {"reference", "same", "thinned", "nearest-neighbour"}
+    assert set(metrics["datasets"]) == {"reference", "same", "noisy", "nearest-neighbour"}
     assert metrics["units"]["energy"] == "kJ/mol"
     for figure in ("energy", "velocity", "fes", "timescales", "eigenvector_similarity", "bond_lengths"):
         assert (out / f"{figure}.png").stat().st_size > 5000

@@ -35,10 +35,12 @@ class TICAProjection:
         self.lagtime, self.dim = lagtime, dim
         self.model = None
 
-    def fit(self, features: np.ndarray) -> TICAProjection:
-        if len(features) <= self.lagtime:
-            raise ValueError(f"TICA needs more than lagtime={self.lagtime} frames, got {len(features)}")
-        self.model = TICA(lagtime=self.lagtime, dim=self.dim).fit(features.astype(np.float64)).fetch_model()
+    def fit(self, features: np.ndarray | list[np.ndarray]) -> TICAProjection:
+        """Fit on the features (frames, n) of one trajectory or a list of them (lagged pairs within each)."""
+        parts = [features] if isinstance(features, np.ndarray) else list(features)
+        if max(len(f) for f in parts) <= self.lagtime:
+            raise ValueError(f"TICA needs more than lagtime={self.lagtime} frames, got {max(len(f) for f in parts)}")
+        self.model = TICA(lagtime=self.lagtime, dim=self.dim).fit([f.astype(np.float64) for f in parts]).fetch_model()
         return self
 
     def transform(self, features: np.ndarray) -> np.ndarray:

@@ -20,18 +20,31 @@ def fit_states(reference_cvs: np.ndarray, n_clusters: int, seed: int = 0):
         np.ascontiguousarray(reference_cvs, dtype=np.float64)).fetch_model()
 
 
-def estimate_msm(dtraj: np.ndarray, lag: int) -> MarkovStateModel:
-    """Reversible maximum-likelihood MSM on the largest connected set at ``lag`` frames."""
-    if len(dtraj) <= lag:
-        raise ValueError(f"a trajectory of {len(dtraj)} frames is too short for an MSM at lag {lag}")
-    counts = TransitionCountEstimator(lag, "sliding").fit(dtraj).fetch_model().submodel_largest()
+#: discrete trajectories of one data set: one array of state indices per trajectory (or a single array)
+DTrajs = np.ndarray | list[np.ndarray]
+
+
+def as_list(dtrajs: DTrajs) -> list[np.ndarray]:
+    return [dtrajs] if isinstance(dtrajs, np.ndarray) else list(dtrajs)
+
+
+def longest(dtrajs: DTrajs) -> int:
+    return max(len(d) for d in as_list(dtrajs))
+
+
+def estimate_msm(dtrajs: DTrajs, lag: int) -> MarkovStateModel:
+    """Reversible maximum-likelihood MSM on the largest connected set at ``lag`` frames, from one or several
+    discrete trajectories (transitions are counted within each, never across their joins)."""
+    if longest(dtrajs) <= lag:
+        raise ValueError(f"a trajectory of {longest(dtrajs)} frames is too short for an MSM at lag {lag}")
+    counts = TransitionCountEstimator(lag, "sliding").fit(as_list(dtrajs)).fetch_model().submodel_largest()
     return MaximumLikelihoodMSM(reversible=True).fit(counts).fetch_model()
 
 
-def msm_frame_weights(dtraj: np.ndarray, lag: int) -> np.ndarray:
-    """Per-frame weights that reweight a trajectory to its MSM's stationary distribution (0 off the
-    largest connected set), for MSM-reweighted free-energy surfaces."""
-    return estimate_msm(dtraj, lag).compute_trajectory_weights(dtraj)[0]
+def msm_frame_weights(dtrajs: DTrajs, lag: int) -> np.ndarray:
+    """Per-frame weights (all trajectories' frames in order) that reweight the data to its MSM's stationary
+    distribution (0 off the largest connected set), for MSM-reweighted free-energy surfaces."""
+    return np.concatenate(estimate_msm(dtrajs, lag).compute_trajectory_weights(as_list(dtrajs)))
 
 
 class SeededBayesianMSM(BayesianMSM):
@@ -64,13 +77,13 @@ class TimescaleEstimate:
     upper: np.ndarray
 
 
-def timescales(dtraj: np.ndarray, lag: int, k: int, dt_ps: float, n_samples: int = 100,
+def timescales(dtraj: DTrajs, lag: int, k: int, dt_ps: float, n_samples: int = 100,
                seed: int = 0) -> TimescaleEstimate:
     """The ``k`` slowest implied timescales at ``lag`` frames, in ps: Bayesian posterior mean and 95 %
     interval of the same seeded estimator (effective counts), and the ML values."""
     msm = estimate_msm(dtraj, lag)
     k = min(k, msm.n_states - 1)
-    counts = TransitionCountEstimator(lag, "effective").fit(dtraj).fetch_model().submodel_largest()
+    counts = TransitionCountEstimator(lag, "effective").fit(as_list(dtraj)).fetch_model().submodel_largest()
     stats = SeededBayesianMSM(seed, n_samples=n_samples, reversible=True).fit(counts).fetch_model().gather_stats(
         "timescales", k=k, confidence=0.95)
     scale = dt_ps
@@ -96,11 +109,11 @@ def resolved(timescales_ps: np.ndarray, its_ps: np.ndarray, lags: list[int], lag
     return out
 
 
-def implied_timescales(dtraj: np.ndarray, lags: list[int], k: int, dt_ps: float) -> np.ndarray:
+def implied_timescales(dtraj: DTrajs, lags: list[int], k: int, dt_ps: float) -> np.ndarray:
     """ML implied timescales (ps), shape (len(lags), k); NaN where fewer processes were resolved."""
     out = np.full((len(lags), k), np.nan)
     for row, lag in enumerate(lags):
-        if len(dtraj) > lag + 1:
+        if longest(dtraj) > lag + 1:
             msm = estimate_msm(dtraj, lag)
             ts = msm.timescales(min(k, msm.n_states - 1)) * dt_ps
             out[row, :len(ts)] = ts
@@ -138,7 +151,7 @@ class MSMComparison:
     normalize_to_reference: bool = False
     seed: int = 0
 
-    def fit(self, dtrajs: dict[str, np.ndarray], reference: str) -> dict:
+    def fit(self, dtrajs: dict[str, DTrajs], reference: str) -> dict:
         """Per data set: timescales at ``lag`` (ps; Bayesian posterior mean and 95 % interval of one seeded
         estimator, ML values alongside), whether each is resolved at the lag (:func:`resolved`), relative
         errors against the reference, implied timescales vs ``lags``, and eigenvector similarity."""
@@ -157,7 +170,7 @@ class MSMComparison:
                 ref_ts = np.asarray(results[name]["timescales_ps"])
         return results
 
-    def _entry(self, dtraj: np.ndarray, ref_msm: MarkovStateModel, ref_ts: np.ndarray | None, is_reference: bool):
+    def _entry(self, dtraj: DTrajs, ref_msm: MarkovStateModel, ref_ts: np.ndarray | None, is_reference: bool):
         ts = timescales(dtraj, self.lag, self.n_timescales, self.dt_ps, self.bayesian_samples, self.seed)
         factor = 1.0
         if is_reference:
