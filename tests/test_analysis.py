@@ -173,15 +173,21 @@ def test_cli_evaluate_writes_all_files(tmp_path, adp_traj, tiny_model):
     ref = load(adp_traj)
     noisy = ref[:]
     noisy.xyz += np.random.default_rng(0).normal(0, 0.003, noisy.xyz.shape).astype(np.float32)
-    noisy.save_xtc(str(tmp_path / "noisy.xtc"))
-    cmd = [sys.executable, "-m", "tcbm.cli", "evaluate", f"reference={adp_traj[0]}",
-           f"backmapped=[{adp_traj[0]},{tmp_path / 'noisy.xtc'}]", "labels=[same,noisy]",
+    for k, (start, stop) in enumerate([(0, 60), (60, 120)]):  # the reference as two runs
+        for name, traj in (("ref", ref), ("noisy", noisy)):
+            traj[start:stop].save_xtc(str(tmp_path / f"{name}{k}.xtc"))
+    cmd = [sys.executable, "-m", "tcbm.cli", "evaluate", f"reference=[{tmp_path / 'ref0.xtc'},{tmp_path / 'ref1.xtc'}]",
+           f"reference_top={adp_traj[1]}",
+           f"backmapped=[{tmp_path / 'ref0.xtc'},{tmp_path / 'ref1.xtc'},{tmp_path / 'noisy0.xtc'},"
+           f"{tmp_path / 'noisy1.xtc'}]", "labels=[same,same,noisy,noisy]",
            f"nearest_neighbour_model={model}", f"out={tmp_path / 'eval'}", "settings.bayesian_samples=10",
            "settings.n_clusters=12", "settings.msm_lags=[1,2,5]"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
     out = tmp_path / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["datasets"]) == {"reference", "same", "noisy", "nearest-neighbour"}
+    assert [metrics["datasets"][k]["trajectories"] for k in ("same", "noisy", "nearest-neighbour")] == [2, 2, 2]
+    assert metrics["datasets"]["same"]["energy_w1_kJmol"] == 0.0 < metrics["datasets"]["noisy"]["energy_w1_kJmol"]
     assert metrics["units"]["energy"] == "kJ/mol"
     for figure in ("energy", "velocity", "fes", "timescales", "eigenvector_similarity", "bond_lengths"):
         assert (out / f"{figure}.png").stat().st_size > 5000
@@ -214,3 +220,22 @@ def test_external_references_are_compared_like_with_like(adp_traj, adp):
     energies = {"reference": np.array([1.0, 2.0, 3.0, 10.0]), "other force field": np.array([101.0, 102.0, 103.0, 110.0])}
     assert wasserstein1(*comparable_energies(energies, "absolute").values()) == pytest.approx(100.0)
     assert wasserstein1(*comparable_energies(energies, "centred").values()) == pytest.approx(0.0)
+
+
+def test_several_trajectories_per_data_set_never_pair_frames_across_them(adp_traj, adp):
+    from tcbm.analysis.observables import methyl_rotors
+
+    ref = load(adp_traj)
+    halves = [ref[:60], ref[60:]]
+    evaluation = Evaluation(EvaluationSettings(**FAST)).fit(halves, {"copy": [h[:] for h in halves], "whole": ref},
+                                                            adp)
+    copy = evaluation.metrics["datasets"]["copy"]
+    assert copy["trajectories"] == 2 and copy["frames"] == 120
+    assert copy["energy_w1_kJmol"] == pytest.approx(0.0, abs=1e-9) and copy["velocity_js"] == pytest.approx(0.0)
+    speeds = evaluation._data["speeds"]
+    assert len(speeds["reference"]) == 118 * 22 and len(speeds["whole"]) == 119 * 22  # no pair across the cut
+    rotors = methyl_rotors(ref.topology)
+    angles = md.compute_dihedrals(ref, np.array(list(rotors.values())))
+    within = np.concatenate([np.cos(a[2:] - a[:-2]) for a in (angles[:60], angles[60:])]).mean(axis=0)  # 1 ps
+    for k, name in enumerate(rotors):
+        assert evaluation.metrics["datasets"]["reference"]["rotor_autocorrelation"][name][0] == pytest.approx(within[k])

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,11 @@ def comparable_energies(energies: dict[str, np.ndarray], mode: str) -> dict[str,
     return energies if mode == "absolute" else {k: e - np.median(e) for k, e in energies.items()}
 
 
+def split(values: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    """``values`` of all trajectories' frames in order, split back into one array per trajectory."""
+    return np.split(values, np.cumsum(lengths)[:-1])
+
+
 class Evaluation:
     """Estimator for the comparison of data sets against a reference (``fit`` then ``metrics``)."""
 
@@ -77,61 +83,78 @@ class Evaluation:
         self.metrics: dict = {}
         self._data: dict = {}
 
-    def _check(self, reference: md.Trajectory, datasets: dict[str, md.Trajectory], system: MolecularSystem) -> None:
-        system.check_atoms(reference.topology, "reference")
-        for name, traj in datasets.items():
-            if traj.n_atoms != reference.n_atoms:
-                raise ValueError(f"data set {name!r} has {traj.n_atoms} atoms, the reference has {reference.n_atoms}")
-            system.check_atoms(traj.topology, f"data set {name!r}")
-        reference_dt = frame_spacing(reference)
+    def _check(self, segments: dict[str, list[md.Trajectory]], system: MolecularSystem) -> None:
+        reference = segments["reference"]
+        for name, trajs in segments.items():
+            label = "reference" if name == "reference" else f"data set {name!r}"
+            if not trajs:
+                raise ValueError(f"{label} has no trajectory")
+            for traj in trajs:
+                if traj.n_atoms != reference[0].n_atoms:
+                    raise ValueError(f"{label} has {traj.n_atoms} atoms, the reference has {reference[0].n_atoms}")
+                system.check_atoms(traj.topology, label)
+        reference_dt = next((dt for dt in map(frame_spacing, reference) if dt is not None), None)
         if self.settings.dt_ps is None and reference_dt is not None:
-            for name, traj in datasets.items():
-                dt = frame_spacing(traj)
-                if dt is not None and abs(dt - reference_dt) > 1e-3 * reference_dt:
-                    raise ValueError(
-                        f"data set {name!r} has frames every {dt:g} ps, the reference every {reference_dt:g} ps: "
-                        "velocities, rotor kinetics and MSMs compare only at equal spacing (stride one of them, "
-                        "or set settings.dt_ps if the time stamps are wrong)")
+            for name, trajs in segments.items():
+                for traj in trajs:
+                    dt = frame_spacing(traj)
+                    if dt is not None and abs(dt - reference_dt) > 1e-3 * reference_dt:
+                        raise ValueError(
+                            f"{'the reference' if name == 'reference' else f'data set {name!r}'} has frames every "
+                            f"{dt:g} ps, the reference every {reference_dt:g} ps: velocities, rotor kinetics and "
+                            "MSMs compare only at equal spacing (stride one of them, or set settings.dt_ps if the "
+                            "time stamps are wrong)")
 
     def _cv(self, traj: md.Trajectory) -> np.ndarray:
         return ramachandran(traj) if self.cv_kind == "ramachandran" else self.tica.transform(ca_distances(traj))
 
-    def fit(self, reference: md.Trajectory, datasets: dict[str, md.Trajectory], system: MolecularSystem,
+    def fit(self, reference: md.Trajectory | Sequence[md.Trajectory],
+            datasets: dict[str, md.Trajectory | Sequence[md.Trajectory]], system: MolecularSystem,
             cg: np.ndarray | None = None) -> Evaluation:
-        """Evaluate ``datasets`` against ``reference``; ``cg`` (T, n, 3) nm is the CG input of the data
-        sets for CG consistency (default: f_cg(reference) for data sets with as many frames)."""
+        """Evaluate ``datasets`` against ``reference``.  Each is one trajectory or a list of them (e.g. several
+        independent runs): per-frame measures pool their frames, time-dependent ones (velocities, rotors, MSMs,
+        TICA) never pair frames across two trajectories.  ``cg`` (T, n, 3) nm is the CG input of the data sets
+        (all their frames in order) for CG consistency (default: f_cg of the reference's frames, for data sets
+        with as many frames)."""
         s = self.settings
-        self._check(reference, datasets, system)
-        dt = s.dt_ps or frame_spacing(reference) or 1.0
-        everything = {"reference": reference, **datasets}
+        segments = {name: [value] if isinstance(value, md.Trajectory) else list(value)
+                    for name, value in {"reference": reference, **datasets}.items()}
+        self._check(segments, system)
+        dt = s.dt_ps or next((d for d in map(frame_spacing, segments["reference"]) if d is not None), None) or 1.0
+        everything = {k: v[0] if len(v) == 1 else md.join(v, check_topology=False) for k, v in segments.items()}
+        lengths = {k: [t.n_frames for t in v] for k, v in segments.items()}
         n_res = sum(1 for r in system.topology.residues if r.name not in ("ACE", "NME"))
         self.cv_kind = s.cv if s.cv != "auto" else ("ramachandran" if n_res == 1 else "tica")
         if self.cv_kind == "tica":
-            self.tica = TICAProjection(s.tica_lag).fit(ca_distances(reference))
+            self.tica = TICAProjection(s.tica_lag).fit([ca_distances(t) for t in segments["reference"]])
         cvs = {k: self._cv(t) for k, t in everything.items()}
         energies = comparable_energies({k: obs.potential_energies(t.xyz, system) for k, t in everything.items()},
                                        s.energies)
-        speeds = {k: obs.frame_speeds(t.xyz, dt, s.velocity_rescale.get(k, 1.0)) for k, t in everything.items()}
+        speeds = {k: np.concatenate([obs.frame_speeds(t.xyz, dt, s.velocity_rescale.get(k, 1.0)) for t in v])
+                  for k, v in segments.items()}
         bonds = {k: obs.bond_lengths(t) for k, t in everything.items()}
         grid = reference_grid(cvs["reference"], s.fes_bins, periodic=self.cv_kind == "ramachandran")
         states = fit_states(cvs["reference"], s.n_clusters or (100 if self.cv_kind == "ramachandran" else 150), s.seed)
-        dtrajs = {k: states.transform(np.ascontiguousarray(v, dtype=np.float64)) for k, v in cvs.items()}
+        dtrajs = {k: split(states.transform(np.ascontiguousarray(v, dtype=np.float64)), lengths[k])
+                  for k, v in cvs.items()}
         weights = {k: msm_frame_weights(d, s.msm_lag) if s.fes_reweight else None for k, d in dtrajs.items()}
         hists = {k: histogram2d(v, grid, weights[k]) for k, v in cvs.items()}
         # the FES divergence counts what falls outside the reference's grid as one more bin
         fes_bins = {k: np.append(h.ravel(), outside_mass(cvs[k], grid, weights[k])) for k, h in hists.items()}
         msm = MSMComparison(s.msm_lag, tuple(s.msm_lags), s.n_timescales, dt, s.bayesian_samples,
                             s.normalize_timescales, s.seed).fit(dtrajs, "reference")
-        cg_ref = cg if cg is not None else system.mapping(reference.xyz)
-        ref_bond_means = {k: v.reshape(reference.n_frames, -1).mean(0) for k, v in bonds["reference"].items()}
-        rotors = {k: obs.rotor_autocorrelations(t, list(s.rotor_lags_ps), dt) for k, t in everything.items()}
-        free = self._free_atom_measures(everything, system, dt)
+        cg_ref = cg if cg is not None else system.mapping(everything["reference"].xyz)
+        n_ref = everything["reference"].n_frames
+        ref_bond_means = {k: v.reshape(n_ref, -1).mean(0) for k, v in bonds["reference"].items()}
+        rotors = {k: obs.rotor_autocorrelations(v, list(s.rotor_lags_ps), dt) for k, v in segments.items()}
+        free = self._free_atom_measures(segments, system, dt)
         metrics = {}
         for name, traj in everything.items():
             bond_means = {k: v.reshape(traj.n_frames, -1).mean(0) for k, v in bonds[name].items()}
             clashes = obs.clashes_per_frame(traj, s.clash_threshold_nm)
             entry = {
                 "frames": traj.n_frames,
+                "trajectories": len(segments[name]),
                 "energy_mean_kJmol": float(energies[name].mean()),
                 "energy_std_kJmol": float(energies[name].std()),
                 "energy_w1_kJmol": wasserstein1(energies[name], energies["reference"]),
@@ -162,21 +185,25 @@ class Evaluation:
                       "fes_weights": weights}
         return self
 
-    def _free_atom_measures(self, everything: dict[str, md.Trajectory], system: MolecularSystem, dt: float
+    def _free_atom_measures(self, segments: dict[str, list[md.Trajectory]], system: MolecularSystem, dt: float
                             ) -> dict[str, dict]:
         """What the CG does not fix, per data set: methyl rotamer hops per ps (states centred on the
         reference's staggered minima), and the frame-to-frame motion of the CG-free atoms in the CG's frame —
         mean RMSD (nm) and, per element, the displacement distribution's JS and W1 (nm) against the reference."""
         atoms = obs.free_atoms(system.mapping)
         elements = np.array([str(system.topology.atom(int(i)).element.symbol) for i in atoms])
-        names, ref_angles = obs.methyl_dihedrals(everything["reference"])
-        phases = obs.rotor_phases(ref_angles)
-        motion = {k: obs.free_atom_motion(t.xyz, system.mapping, atoms) for k, t in everything.items()}
-        ref_disp = motion["reference"][0]
+        names = list(obs.methyl_rotors(system.topology))
+        angles = {k: [obs.methyl_dihedrals(t)[1] for t in v] for k, v in segments.items()}
+        phases = obs.rotor_phases(np.concatenate(angles["reference"]))
+        motion = {k: [obs.free_atom_motion(t.xyz, system.mapping, atoms) for t in v] for k, v in segments.items()}
+        ref_disp = np.concatenate([d for d, _ in motion["reference"]])
         out = {}
-        for name, traj in everything.items():
-            disp, rmsd = motion[name]
-            rates = obs.hop_rates(obs.methyl_dihedrals(traj)[1], phases, dt)
+        for name in segments:
+            disp = np.concatenate([d for d, _ in motion[name]])
+            rmsd = np.concatenate([r for _, r in motion[name]])
+            pairs = [max(len(a) - 1, 0) for a in angles[name]]  # hops per ps over every trajectory's frame pairs
+            hops = sum(obs.hop_rates(a, phases, dt) * dt * n for a, n in zip(angles[name], pairs) if n)
+            rates = hops / (dt * max(sum(pairs), 1)) if names else []
             out[name] = {
                 "rotor_hops_per_ps": {r: float(v) for r, v in zip(names, rates)},
                 "free_rmsd_nm": float(rmsd.mean()) if len(rmsd) else None,

@@ -138,14 +138,23 @@ def dihedral_autocorrelation(angles: np.ndarray, lags: list[int]) -> np.ndarray:
                      else np.full(angles.shape[1], np.nan) for lag in lags])
 
 
-def rotor_autocorrelations(traj: md.Trajectory, lags_ps: list[float], dt_ps: float) -> dict[str, list[float]]:
-    """Methyl-rotor dihedral autocorrelation at ``lags_ps`` (ps) per rotor of ``traj`` (frames ``dt_ps`` apart)."""
-    rotors = methyl_rotors(traj.topology)
+def rotor_autocorrelations(trajs: md.Trajectory | list[md.Trajectory], lags_ps: list[float], dt_ps: float
+                           ) -> dict[str, list[float]]:
+    """Methyl-rotor dihedral autocorrelation at ``lags_ps`` (ps) per rotor, over the frame pairs of one
+    trajectory or of several (frames ``dt_ps`` apart; pairs never span two trajectories)."""
+    trajs = [trajs] if isinstance(trajs, md.Trajectory) else list(trajs)
+    rotors = methyl_rotors(trajs[0].topology)
     if not rotors:
         return {}
-    angles = md.compute_dihedrals(traj, np.array(list(rotors.values())))
     lags = [max(1, int(round(lag / dt_ps))) for lag in lags_ps]
-    values = dihedral_autocorrelation(angles, lags)
+    sums, counts = np.zeros((len(lags), len(rotors))), np.zeros(len(lags))
+    for traj in trajs:
+        angles = md.compute_dihedrals(traj, np.array(list(rotors.values())))
+        pairs = np.array([max(len(angles) - lag, 0) for lag in lags])
+        sums += np.nan_to_num(dihedral_autocorrelation(angles, lags)) * pairs[:, None]
+        counts += pairs
+    with np.errstate(invalid="ignore"):
+        values = sums / counts[:, None]
     return {name: [float(v) for v in values[:, k]] for k, name in enumerate(rotors)}
 
 

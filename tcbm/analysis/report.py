@@ -111,6 +111,7 @@ def write_report(metrics: dict, figures: dict[str, str], out: Path) -> Path:
 
 def evaluate_from_config(cfg) -> Path:
     """``tcbm evaluate`` from a ``conf/evaluate.yaml``-shaped config."""
+    import mdtraj as md
     from omegaconf import OmegaConf
 
     from tcbm.analysis.baselines import NearestNeighbourBackmapper
@@ -119,17 +120,23 @@ def evaluate_from_config(cfg) -> Path:
     from tcbm.io import expand_paths, load_trajectory
     from tcbm.systems import load_system
 
+    def listed(value) -> list[Path]:
+        return expand_paths(list(value) if not isinstance(value, str) else value)
+
+    settings = EvaluationSettings(**OmegaConf.to_container(cfg.settings, resolve=True))  # checked before loading
     system = load_system(OmegaConf.to_container(cfg.system, resolve=True))
     top = cfg.top or system.topology
-    reference = load_trajectory(cfg.reference, cfg.reference_top or top)
-    paths = expand_paths(list(cfg.backmapped) if not isinstance(cfg.backmapped, str) else cfg.backmapped)
+    references = [load_trajectory(p, cfg.reference_top or top) for p in listed(cfg.reference)]
+    paths = listed(cfg.backmapped)
     labels = list(cfg.labels) if cfg.labels else [p.stem for p in paths]
     if len(labels) != len(paths):
         raise ValueError(f"{len(labels)} labels given for {len(paths)} backmapped trajectories")
-    datasets = {label: load_trajectory(p, top) for label, p in zip(labels, paths)}
+    datasets: dict[str, list] = {}
+    for label, path in zip(labels, paths):  # a repeated label collects several trajectories into one data set
+        datasets.setdefault(label, []).append(load_trajectory(path, top))
     if cfg.nearest_neighbour_model:
         library = BackmapModel.load(cfg.nearest_neighbour_model).library
-        xyz = NearestNeighbourBackmapper(library.cg, library.aa).backmap(system.mapping(reference.xyz))
-        datasets["nearest-neighbour"] = reference.__class__(xyz, reference.topology, time=reference.time)
-    settings = EvaluationSettings(**OmegaConf.to_container(cfg.settings, resolve=True))
-    return Evaluation(settings).fit(reference, datasets, system).write(cfg.out)
+        baseline = NearestNeighbourBackmapper(library.cg, library.aa)
+        datasets["nearest-neighbour"] = [md.Trajectory(baseline.backmap(system.mapping(r.xyz)), r.topology,
+                                                       time=r.time) for r in references]
+    return Evaluation(settings).fit(references, datasets, system).write(cfg.out)
