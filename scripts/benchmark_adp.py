@@ -58,11 +58,39 @@ def targets(metrics: dict) -> list[str]:
     return [f"| {name} | {value} | {'met' if ok else 'not met'} |" for name, ok, value in checks]
 
 
+ALPHA_L = [{"atoms": [4, 6, 8, 14], "angle_deg": 60.0}, {"atoms": [6, 8, 14, 16], "angle_deg": 40.0}]
+
+
+def simulate_runs(system, data: Path, name: str, total_ps: float, runs: int, alpha_l_runs: int, seed: int
+                  ) -> list[Path]:
+    """``runs`` independent trajectories ``<name>_<k>`` of ``total_ps / runs`` ps each (seeds seed + k); the
+    first ``alpha_l_runs`` start in alphaL (restrained during equilibration only)."""
+    return [simulate(system, data, f"{name}_{k}", length_ps=total_ps / runs, seed=seed + k, chunk_frames=10_000,
+                     start_restraints=ALPHA_L if k < alpha_l_runs else [])
+            for k in range(runs)]
+
+
+def phi_summary(trajectories) -> str:
+    """Fraction of frames with phi > 0 and the number of phi sign changes (runs pooled)."""
+    import mdtraj as md
+    import numpy as np
+
+    phi = [md.compute_phi(t)[1][:, 0] for t in trajectories]
+    positive = np.concatenate([p > 0 for p in phi])
+    crossings = sum(int((np.diff((p > 0).astype(int)) != 0).sum()) for p in phi)
+    return f"{100 * positive.mean():.1f} % of frames at phi > 0, {crossings} phi sign changes"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/adp")
     parser.add_argument("--train-ps", type=float, default=100_000.0)
     parser.add_argument("--test-ps", type=float, default=50_000.0)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="split the training and the held-out time into this many independent runs each")
+    parser.add_argument("--alpha-l-runs", type=int, default=0,
+                        help="of those runs, how many start in alphaL (phi +60, psi +40 deg) instead of the "
+                             "minimised reference structure (beta), so the data hold the slow phi process")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra tcbm train overrides")
     parser.add_argument("--device", default=None)
     parser.add_argument("--refine-steps", type=int, default=20,
@@ -74,18 +102,20 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     data = out / "data"
-    train_xtc = simulate(system, data, "train", length_ps=args.train_ps, seed=1, chunk_frames=10_000)
-    test_xtc = simulate(system, data, "test", length_ps=args.test_ps, seed=2, chunk_frames=10_000)
+    if not 0 <= args.alpha_l_runs <= args.runs:
+        raise SystemExit(f"--alpha-l-runs must be between 0 and --runs ({args.runs})")
+    train_runs = simulate_runs(system, data, "train", args.train_ps, args.runs, args.alpha_l_runs, seed=1)
+    test_runs = simulate_runs(system, data, "test", args.test_ps, args.runs, args.alpha_l_runs, seed=1001)
     overrides = [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *args.overrides]
     paths = {}
     with initialize_config_module("tcbm.conf", version_base="1.3"):
         for label, history in MODELS.items():
-            paths[label] = train_model(out / "runs" / f"history{history}", "adp_benchmark", history, train_xtc,
+            paths[label] = train_model(out / "runs" / f"history{history}", "adp_benchmark", history, train_runs,
                                        overrides)
             metadata = BackmapModel.load(paths[label]).metadata
             timings[f"train_wall_s[{label}]"] = metadata["train_wall_s"]
             timings[f"train_steps[{label}]"] = metadata["steps"]
-    reference, datasets, backmap_timings = backmap_with_baseline(paths, test_xtc, data / "test.pdb", out / "runs",
+    reference, datasets, backmap_timings = backmap_with_baseline(paths, test_runs, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0, refinement=RefinementSettings(
                                                                      steps=args.refine_steps)), device, refine="tcbm")
     timings.update(backmap_timings)
@@ -100,8 +130,9 @@ def main() -> None:
     lines = [
         "# ADP quality benchmark", "",
         f"Command: `{command}`  ", f"Machine: {machine}  ",
-        f"Data: {args.train_ps / 1000:g} ns training, {args.test_ps / 1000:g} ns held-out (seeds 1 and 2), "
-        "OBC implicit solvent, 300 K, 1 ps frames.", "",
+        f"Data: {args.train_ps / 1000:g} ns training, {args.test_ps / 1000:g} ns held-out, each in {args.runs} "
+        f"independent run(s), {args.alpha_l_runs} of them started in alphaL; OBC implicit solvent, 300 K, 1 ps "
+        f"frames. Held-out reference: {phi_summary(reference)}.", "",
         "## Scores against the held-out reference", "", metrics_table(evaluation.metrics), "",
         "## Targets (tcbm)", "", "| target | tcbm | status |", "|---|---|---|", *targets(evaluation.metrics), "",
         "## Timings", "", "| quantity | value |", "|---|---|",

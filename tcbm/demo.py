@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import mdtraj as md
+import numpy as np
 import torch
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
@@ -37,12 +39,15 @@ def _stage(name: str) -> None:
     print(f"\n=== {name} ===", flush=True)
 
 
-def train_model(out: Path, experiment: str, history: int, trajectory: Path, overrides: list[str],
+def train_model(out: Path, experiment: str, history: int, trajectories: Path | Sequence[Path], overrides: list[str],
                 force: bool = False) -> Path:
-    """Train ``out/model.pt`` with ``tcbm train experiment=<experiment>`` on ``trajectory``, or reuse it when
-    it was trained with the same config and data (its fingerprint); otherwise ``out`` is trained afresh."""
+    """Train ``out/model.pt`` with ``tcbm train experiment=<experiment>`` on one or several trajectories, or
+    reuse it when it was trained with the same config and data (its fingerprint); otherwise ``out`` is
+    trained afresh."""
     artefact = out / "model.pt"
-    cfg = compose("train", overrides=[f"experiment={experiment}", f"data.trajectories={trajectory}",
+    listed = [trajectories] if isinstance(trajectories, (str, Path)) else list(trajectories)
+    data = str(listed[0]) if len(listed) == 1 else "[" + ",".join(str(p) for p in listed) + "]"
+    cfg = compose("train", overrides=[f"experiment={experiment}", f"data.trajectories={data}",
                                       f"model.network.history={history}", *overrides])
     OmegaConf.set_struct(cfg, False)
     cfg.out = str(out)
@@ -62,16 +67,17 @@ def refined_label(label: str, refinement: RefinementSettings) -> str:
     return f"{label} + refinement ({refinement.steps} steps)"
 
 
-def backmap_with_baseline(model_paths: dict[str, Path], test_xtc: Path, topology: Path, out: Path,
+def backmap_with_baseline(model_paths: dict[str, Path], test_xtcs: Sequence[Path], topology: Path, out: Path,
                           settings: RolloutSettings, device: str, refine: str | None = None
-                          ) -> tuple[md.Trajectory, dict, dict[str, float]]:
-    """Backmap the all-atom ``test_xtc`` (mapped to CG first) with every model into
+                          ) -> tuple[list[md.Trajectory], dict[str, list[md.Trajectory]], dict[str, float]]:
+    """Backmap the all-atom held-out runs ``test_xtcs`` (mapped to CG first) with every model into
     ``out/backmapped_<model folder>``, and with the nearest-neighbour baseline built from the first
     model's library.  With ``settings.refinement.steps`` > 0 the model labelled ``refine`` is backmapped
     once more with the physics refinement (``out/backmapped_<model folder>_refined<steps>``), as a data set
-    of its own (:func:`refined_label`); the others are never refined.  Returns the reference, the data sets
-    by label, and frames/s and CG-consistency RMSD (nm) per label, as measured when each was backmapped."""
-    reference = md.load(str(test_xtc), top=str(topology))
+    of its own (:func:`refined_label`); the others are never refined.  Returns the reference runs, the data
+    sets by label (one trajectory per run), and frames/s and CG-consistency RMSD (nm, mean over runs) per
+    label, as measured when each was backmapped."""
+    reference = [md.load(str(path), top=str(topology)) for path in test_xtcs]
     plain = replace(settings, refinement=RefinementSettings())
     runs = [(label, path, plain, f"backmapped_{path.parent.name}") for label, path in model_paths.items()]
     if settings.refinement.steps and refine in model_paths:
@@ -80,16 +86,19 @@ def backmap_with_baseline(model_paths: dict[str, Path], test_xtc: Path, topology
     models = {path: BackmapModel.load(path) for path in model_paths.values()}  # each file read once
     datasets, timings = {}, {}
     for label, path, run_settings, folder in runs:
-        result = backmap_paths(models[path], [test_xtc], out / folder, run_settings, input_is_aa=True, device=device)[0]
-        summary = json.loads(result.with_suffix(".json").read_text())
-        timings[f"backmap_frames_per_s[{label}]"] = summary["group_frames_per_s"]
-        timings[f"cg_rmsd_nm[{label}]"] = summary["cg_rmsd_nm"]
-        datasets[label] = md.load(str(result), top=str(topology))
+        results = backmap_paths(models[path], list(test_xtcs), out / folder, run_settings, input_is_aa=True,
+                                device=device)
+        summaries = [json.loads(result.with_suffix(".json").read_text()) for result in results]
+        timings[f"backmap_frames_per_s[{label}]"] = summaries[0]["group_frames_per_s"]
+        timings[f"cg_rmsd_nm[{label}]"] = float(np.mean([s["cg_rmsd_nm"] for s in summaries]))
+        datasets[label] = [md.load(str(result), top=str(topology)) for result in results]
     first = models[next(iter(model_paths.values()))]
+    baseline = NearestNeighbourBackmapper(first.library.cg, first.library.aa)
     started = time.perf_counter()
-    nn_xyz = NearestNeighbourBackmapper(first.library.cg, first.library.aa).backmap(first.system.mapping(reference.xyz))
-    timings["backmap_frames_per_s[nearest-neighbour]"] = reference.n_frames / (time.perf_counter() - started)
-    datasets["nearest-neighbour"] = md.Trajectory(nn_xyz, reference.topology, time=reference.time)
+    datasets["nearest-neighbour"] = [md.Trajectory(baseline.backmap(first.system.mapping(r.xyz)), r.topology,
+                                                   time=r.time) for r in reference]
+    frames = sum(r.n_frames for r in reference)
+    timings["backmap_frames_per_s[nearest-neighbour]"] = frames / (time.perf_counter() - started)
     return reference, datasets, timings
 
 
@@ -121,7 +130,7 @@ def run_demo(cfg: DictConfig) -> Path:
     _stage("3/4 backmap the held-out CG trajectory autoregressively")
     settings = RolloutSettings(samples=cfg.backmap.samples, seed=cfg.backmap.seed,
                                refinement=RefinementSettings(steps=cfg.backmap.refine_steps))
-    reference, datasets, backmap_timings = backmap_with_baseline(models, test_xtc, data / "test.pdb", out, settings,
+    reference, datasets, backmap_timings = backmap_with_baseline(models, [test_xtc], data / "test.pdb", out, settings,
                                                                  device, refine="tcbm")
     timings.update(backmap_timings)
 
