@@ -119,7 +119,8 @@ def run_demo(cfg: DictConfig) -> Path:
     timings["simulate_s"] = time.perf_counter() - started
 
     _stage("2/4 train tcbm and the frame-based ablation")
-    overrides = list(cfg.train_overrides) + [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}"]
+    overrides = list(cfg.train_overrides) + (list(cfg.gpu_train_overrides) if device == "cuda" else []) + \
+        [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}"]
     models = {}
     for label, history in MODELS.items():
         started = time.perf_counter()
