@@ -286,8 +286,8 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
     written = []
     for group in backmapper._groups(len(inputs)):
         cg_inputs = [read_cg_input(inputs[i], model, cg_top, input_is_aa, aa_top, stride) for i in group]
-        if not written:  # the first inputs are valid: now the output folder may be made
-            with atomic_path(out / "topology.pdb") as tmp:
+        if not written and int(os.environ.get("RANK", 0)) == 0:  # first inputs valid: the folder may be made
+            with atomic_path(out / "topology.pdb") as tmp:  # (by one process of a torchrun job)
                 model.system.reference_trajectory().save_pdb(str(tmp))
         fingerprints = [[{**common, "input": c.digest, "sample": s} for s in range(settings.samples)]
                         for c in cg_inputs]
