@@ -45,6 +45,7 @@ class RolloutProgress:
                 os.truncate(path, size)
             return state
         self.discard()
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
         for path in self.frame_paths:
             path.write_bytes(b"")
         return None
