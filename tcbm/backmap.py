@@ -29,8 +29,8 @@ from tcbm.io import atomic_path, check_finite, expand_paths, load_trajectory
 from tcbm.latent import LatentSampler
 from tcbm.refine import RefinementSettings, Refiner
 from tcbm.resume import RolloutProgress
-from tcbm.rollout import AUTOCAST_DTYPES, roll
-from tcbm.writers import FORMATS, TrajectoryWriter
+from tcbm.rollout import check_autocast, roll
+from tcbm.writers import TrajectoryWriter, check_format
 
 
 def pair_distances(x: torch.Tensor) -> torch.Tensor:
@@ -78,8 +78,7 @@ class RolloutSettings:
         if self.samples < 1 or self.batch_size < 1 or self.chunk_frames < 1:
             raise ValueError("samples, batch_size and chunk_frames must be >= 1, got "
                              f"{self.samples}, {self.batch_size}, {self.chunk_frames}")
-        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast must be null, 'bf16' or 'fp16', got {self.autocast!r}")
+        check_autocast(self.autocast)
 
     def fingerprint(self) -> dict:
         """The settings that shape the frames (not batch size, device, graphs or progress bars)."""
@@ -268,8 +267,7 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
     fingerprint of what made it: model and input contents, settings).  A rerun reuses an output only when
     its fingerprint matches and recomputes it otherwise, saying what changed; a group of rollouts killed
     mid-trajectory resumes from its last finished chunk."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    check_format(fmt)
     backmapper = Backmapper(model, settings, device)  # validates the settings before anything is written
     out = Path(out)
     topology = model.system.topology
@@ -346,10 +344,7 @@ def _run_group(backmapper: Backmapper, cg_inputs: list[CGInput], stems: list[str
     progress = RolloutProgress(outputs, combined(fingerprints[g][s] for g, s in rows), system.n_atoms)
     streams = backmapper.streams(keys)
     k = max(backmapper.network.history, 1)
-    state = progress.load()
-    if state is not None and state["frames"] < k:
-        progress.discard()
-        state = progress.load()
+    state = progress.load(min_frames=k)  # a resumed rollout needs k previous frames
     done, previous = 0, None
     sq_error, overflow, elapsed = np.zeros(len(rows)), [GridOverflow() for _ in rows], 0.0
     if state is not None:
@@ -409,8 +404,7 @@ def _write_output(path: Path, frames: np.ndarray, time: np.ndarray, topology: md
 
 def backmap_files(cfg) -> list[Path]:
     """``tcbm backmap`` from a ``conf/backmap.yaml``-shaped config."""
-    if cfg.format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {cfg.format!r}")
+    check_format(cfg.format)  # settings first: nothing is loaded for a run that cannot write
     settings = RolloutSettings(samples=cfg.samples, latent=cfg.latent, seed=cfg.seed, batch_size=cfg.batch_size,
                                chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, cuda_graph=cfg.cuda_graph,
                                progress=cfg.progress,

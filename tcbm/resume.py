@@ -28,22 +28,23 @@ class RolloutProgress:
         self.fingerprint, self.n_atoms = fingerprint, n_atoms
         self.frame_bytes = n_atoms * 3 * 4
 
-    def load(self) -> dict[str, Any] | None:
-        """The saved state, if it was made with this fingerprint and every raw file holds its frames (a file
-        written past the state — killed between a chunk's frames and its state — is cut back to it).
-        Otherwise None, and the raw files start empty."""
+    def load(self, min_frames: int = 1) -> dict[str, Any] | None:
+        """The saved state, if it was made with this fingerprint, holds at least ``min_frames`` frames and
+        every raw file holds them (a file written past the state — killed between a chunk's frames and its
+        state — is cut back to it).  Otherwise None, and the raw files start empty."""
         state = None
         if self.state_path.exists():
             try:
                 state = torch.load(self.state_path, map_location="cpu", weights_only=False)
             except Exception:  # a state file that cannot be read is as good as none
                 state = None
-        size = state["frames"] * self.frame_bytes if isinstance(state, dict) and "frames" in state else -1
-        if (state is not None and state.get("fingerprint") == self.fingerprint
-                and all(p.exists() and p.stat().st_size >= size for p in self.frame_paths)):
-            for path in self.frame_paths:
-                os.truncate(path, size)
-            return state
+        if (isinstance(state, dict) and state.get("fingerprint") == self.fingerprint
+                and state.get("frames", 0) >= min_frames):
+            size = state["frames"] * self.frame_bytes
+            if all(p.exists() and p.stat().st_size >= size for p in self.frame_paths):
+                for path in self.frame_paths:
+                    os.truncate(path, size)
+                return state
         self.discard()
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         for path in self.frame_paths:

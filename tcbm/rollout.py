@@ -18,14 +18,19 @@ from tcbm.model import BackmapCVAE
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def check_autocast(autocast: str | None) -> None:
+    """Reject an autocast setting other than None, 'bf16' or 'fp16'."""
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be null, 'bf16' or 'fp16', got {autocast!r}")
+
+
 def autocast_context(device: torch.device, autocast: str | None, cache: bool = True):
     """``torch.autocast`` for ``autocast`` in (None, 'bf16', 'fp16'); the network keeps its output layer,
     the previous-frame prior, the softmax and the coordinate read-out in float32 either way.  ``cache=False``
     recasts weights on every call (needed inside a CUDA graph capture)."""
+    check_autocast(autocast)
     if autocast is None:
         return nullcontext()
-    if autocast not in AUTOCAST_DTYPES:
-        raise ValueError(f"autocast must be null, 'bf16' or 'fp16', got {autocast!r}")
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[autocast], cache_enabled=cache)
 
 

@@ -10,6 +10,12 @@ import numpy as np
 FORMATS = ("xtc", "dcd", "h5")
 
 
+def check_format(fmt: str) -> None:
+    """Reject an output format the writers do not know."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
 class TrajectoryWriter:
     """Append frames (nm) to an mdtraj-readable trajectory file; the format follows the extension."""
 

@@ -120,7 +120,8 @@ def test_rollout_killed_mid_trajectory_resumes_to_the_same_file(tmp_path, tiny_m
     monkeypatch.setattr(tcbm.resume.RolloutProgress, "save", original)
     resumed_at = []
     monkeypatch.setattr(tcbm.resume.RolloutProgress, "load",
-                        lambda self, f=tcbm.resume.RolloutProgress.load: resumed_at.append(f(self)) or resumed_at[-1])
+                        lambda self, f=tcbm.resume.RolloutProgress.load, **kw: resumed_at.append(f(self, **kw))
+                        or resumed_at[-1])
     resumed = run(tiny_model, cg_inputs, out, **settings)
     assert resumed_at[0]["frames"] == (12 if kill_after_state else 8)  # not from frame 0
     for a, b in zip(reference, resumed, strict=True):

@@ -85,25 +85,22 @@ class Evaluation:
 
     def _check(self, segments: dict[str, list[md.Trajectory]], system: MolecularSystem) -> None:
         reference = segments["reference"]
+        reference_dt = next((dt for dt in map(frame_spacing, reference) if dt is not None), None)
         for name, trajs in segments.items():
-            label = "reference" if name == "reference" else f"data set {name!r}"
+            label = "the reference" if name == "reference" else f"data set {name!r}"
             if not trajs:
                 raise ValueError(f"{label} has no trajectory")
             for traj in trajs:
                 if traj.n_atoms != reference[0].n_atoms:
                     raise ValueError(f"{label} has {traj.n_atoms} atoms, the reference has {reference[0].n_atoms}")
                 system.check_atoms(traj.topology, label)
-        reference_dt = next((dt for dt in map(frame_spacing, reference) if dt is not None), None)
-        if self.settings.dt_ps is None and reference_dt is not None:
-            for name, trajs in segments.items():
-                for traj in trajs:
-                    dt = frame_spacing(traj)
-                    if dt is not None and abs(dt - reference_dt) > 1e-3 * reference_dt:
-                        raise ValueError(
-                            f"{'the reference' if name == 'reference' else f'data set {name!r}'} has frames every "
-                            f"{dt:g} ps, the reference every {reference_dt:g} ps: velocities, rotor kinetics and "
-                            "MSMs compare only at equal spacing (stride one of them, or set settings.dt_ps if the "
-                            "time stamps are wrong)")
+                dt = frame_spacing(traj)
+                if (self.settings.dt_ps is None and reference_dt is not None and dt is not None
+                        and abs(dt - reference_dt) > 1e-3 * reference_dt):
+                    raise ValueError(
+                        f"{label} has frames every {dt:g} ps, the reference every {reference_dt:g} ps: velocities, "
+                        "rotor kinetics and MSMs compare only at equal spacing (stride one of them, or set "
+                        "settings.dt_ps if the time stamps are wrong)")
 
     def _cv(self, traj: md.Trajectory) -> np.ndarray:
         return ramachandran(traj) if self.cv_kind == "ramachandran" else self.tica.transform(ca_distances(traj))
@@ -146,8 +143,11 @@ class Evaluation:
         cg_ref = cg if cg is not None else system.mapping(everything["reference"].xyz)
         n_ref = everything["reference"].n_frames
         ref_bond_means = {k: v.reshape(n_ref, -1).mean(0) for k, v in bonds["reference"].items()}
-        rotors = {k: obs.rotor_autocorrelations(v, list(s.rotor_lags_ps), dt) for k, v in segments.items()}
-        free = self._free_atom_measures(segments, system, dt)
+        rotor_names = list(obs.methyl_rotors(system.topology))
+        angles = {k: [obs.methyl_dihedrals(t)[1] for t in v] for k, v in segments.items()}
+        rotors = {k: obs.pooled_rotor_autocorrelations(rotor_names, a, list(s.rotor_lags_ps), dt)
+                  for k, a in angles.items()}
+        free = self._free_atom_measures(segments, rotor_names, angles, system, dt)
         metrics = {}
         for name, traj in everything.items():
             bond_means = {k: v.reshape(traj.n_frames, -1).mean(0) for k, v in bonds[name].items()}
@@ -185,15 +185,14 @@ class Evaluation:
                       "fes_weights": weights}
         return self
 
-    def _free_atom_measures(self, segments: dict[str, list[md.Trajectory]], system: MolecularSystem, dt: float
+    def _free_atom_measures(self, segments: dict[str, list[md.Trajectory]], rotor_names: list[str],
+                            angles: dict[str, list[np.ndarray]], system: MolecularSystem, dt: float
                             ) -> dict[str, dict]:
         """What the CG does not fix, per data set: methyl rotamer hops per ps (states centred on the
         reference's staggered minima), and the frame-to-frame motion of the CG-free atoms in the CG's frame —
         mean RMSD (nm) and, per element, the displacement distribution's JS and W1 (nm) against the reference."""
         atoms = obs.free_atoms(system.mapping)
         elements = np.array([str(system.topology.atom(int(i)).element.symbol) for i in atoms])
-        names = list(obs.methyl_rotors(system.topology))
-        angles = {k: [obs.methyl_dihedrals(t)[1] for t in v] for k, v in segments.items()}
         phases = obs.rotor_phases(np.concatenate(angles["reference"]))
         motion = {k: [obs.free_atom_motion(t.xyz, system.mapping, atoms) for t in v] for k, v in segments.items()}
         ref_disp = np.concatenate([d for d, _ in motion["reference"]])
@@ -201,11 +200,9 @@ class Evaluation:
         for name in segments:
             disp = np.concatenate([d for d, _ in motion[name]])
             rmsd = np.concatenate([r for _, r in motion[name]])
-            pairs = [max(len(a) - 1, 0) for a in angles[name]]  # hops per ps over every trajectory's frame pairs
-            hops = sum(obs.hop_rates(a, phases, dt) * dt * n for a, n in zip(angles[name], pairs) if n)
-            rates = hops / (dt * max(sum(pairs), 1)) if names else []
+            rates = obs.hop_rates(angles[name], phases, dt)
             out[name] = {
-                "rotor_hops_per_ps": {r: float(v) for r, v in zip(names, rates)},
+                "rotor_hops_per_ps": {r: float(v) for r, v in zip(rotor_names, rates)},
                 "free_rmsd_nm": float(rmsd.mean()) if len(rmsd) else None,
                 "free_displacement_js": {str(e): js_of_samples(disp[:, elements == e], ref_disp[:, elements == e],
                                                           self.settings.hist_bins) for e in sorted(set(elements))},

@@ -143,19 +143,25 @@ def rotor_autocorrelations(trajs: md.Trajectory | list[md.Trajectory], lags_ps: 
     """Methyl-rotor dihedral autocorrelation at ``lags_ps`` (ps) per rotor, over the frame pairs of one
     trajectory or of several (frames ``dt_ps`` apart; pairs never span two trajectories)."""
     trajs = [trajs] if isinstance(trajs, md.Trajectory) else list(trajs)
-    rotors = methyl_rotors(trajs[0].topology)
-    if not rotors:
+    names = list(methyl_rotors(trajs[0].topology))
+    return pooled_rotor_autocorrelations(names, [methyl_dihedrals(t)[1] for t in trajs], lags_ps, dt_ps)
+
+
+def pooled_rotor_autocorrelations(names: list[str], angles: list[np.ndarray], lags_ps: list[float], dt_ps: float
+                                  ) -> dict[str, list[float]]:
+    """:func:`dihedral_autocorrelation` per rotor ``names`` at ``lags_ps`` (ps), averaged over the frame pairs
+    of several dihedral series ``angles`` (frames, rotors) rad, none spanning two of them."""
+    if not names:
         return {}
     lags = [max(1, int(round(lag / dt_ps))) for lag in lags_ps]
-    sums, counts = np.zeros((len(lags), len(rotors))), np.zeros(len(lags))
-    for traj in trajs:
-        angles = md.compute_dihedrals(traj, np.array(list(rotors.values())))
-        pairs = np.array([max(len(angles) - lag, 0) for lag in lags])
-        sums += np.nan_to_num(dihedral_autocorrelation(angles, lags)) * pairs[:, None]
+    sums, counts = np.zeros((len(lags), len(names))), np.zeros(len(lags))
+    for series in angles:
+        pairs = np.array([max(len(series) - lag, 0) for lag in lags])
+        sums += np.nan_to_num(dihedral_autocorrelation(series, lags)) * pairs[:, None]
         counts += pairs
     with np.errstate(invalid="ignore"):
         values = sums / counts[:, None]
-    return {name: [float(v) for v in values[:, k]] for k, name in enumerate(rotors)}
+    return {name: [float(v) for v in values[:, k]] for k, name in enumerate(names)}
 
 
 def free_atoms(mapping: CGMapping) -> np.ndarray:
@@ -176,10 +182,13 @@ def rotamer_states(angles: np.ndarray, phases: np.ndarray) -> np.ndarray:
     return np.round((angles - phases) / (2 * np.pi / 3)).astype(int) % 3
 
 
-def hop_rates(angles: np.ndarray, phases: np.ndarray, dt_ps: float) -> np.ndarray:
-    """Rotamer changes per ps between consecutive frames, per rotor."""
-    states = rotamer_states(angles, phases)
-    return (states[1:] != states[:-1]).sum(axis=0) / (dt_ps * max(len(angles) - 1, 1))
+def hop_rates(angles: np.ndarray | list[np.ndarray], phases: np.ndarray, dt_ps: float) -> np.ndarray:
+    """Rotamer changes per ps between consecutive frames, per rotor, of one dihedral series (frames, rotors)
+    rad or pooled over several (no pair spans two of them)."""
+    series = [angles] if isinstance(angles, np.ndarray) else list(angles)
+    hops = sum((s[1:] != s[:-1]).sum(axis=0) for s in (rotamer_states(a, phases) for a in series))
+    pairs = sum(max(len(a) - 1, 0) for a in series)
+    return np.asarray(hops, dtype=float) / (dt_ps * max(pairs, 1))
 
 
 def methyl_dihedrals(traj: md.Trajectory) -> tuple[list[str], np.ndarray]:
