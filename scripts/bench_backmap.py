@@ -43,7 +43,7 @@ def build_model(name: str) -> BackmapModel:
     system = load_system("adp")
     network_config = OmegaConf.to_container(cfg.model.network)
     torch.manual_seed(0)
-    network = BackmapCVAE(system.n_atoms, system.n_beads, VoxelGrid(**cfg.model.grid), **network_config)
+    network = BackmapCVAE.for_system(system, VoxelGrid(**cfg.model.grid), **network_config)
     rng = np.random.default_rng(0)
     xyz = (system.reference_xyz[None] + rng.normal(0, 0.01, (200, system.n_atoms, 3))).astype(np.float32)
     library = SeedLibrary.from_frames(xyz, np.arange(1, 200), system.mapping, 1, max(network.history, 1))

@@ -90,7 +90,7 @@ class BackmapModel:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{path} is not a tcbm model artefact (expected format {FORMAT!r})")
         system = MolecularSystem.from_dict(state["system"])
-        network = BackmapCVAE(system.n_atoms, system.n_beads, VoxelGrid(**state["grid"]), **state["network_config"])
+        network = BackmapCVAE.for_system(system, VoxelGrid(**state["grid"]), **state["network_config"])
         network.load_state_dict(state["state_dict"])
         return cls(network.to(device), state["network_config"], system, LatentSampler.from_dict(state["sampler"]),
                    SeedLibrary(**state["library"]), state["lag"], state.get("metadata"))

@@ -13,10 +13,11 @@ from tcbm.energy import MMEnergy, bonded_pairs
 from tcbm.model import BackmapCVAE
 from tcbm.rollout import advance, step
 from tcbm.schedules import EnergyWeight, KLWeight, UnrollSchedule
+from tcbm.stereo import stereocentres
 from tcbm.systems import MolecularSystem
 from tcbm.voxels import VoxelGrid
 
-DEFAULT_WEIGHTS = {"vox": 1.0, "aa": 100.0, "cg": 100.0, "edm": 100.0}
+DEFAULT_WEIGHTS = {"vox": 1.0, "aa": 100.0, "cg": 100.0, "edm": 100.0, "chirality": 0.0}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,7 +45,7 @@ class CVAEModule(pl.LightningModule):
         self.save_hyperparameters()
         self.system = MolecularSystem.from_dict(system)
         self.grid = VoxelGrid(**grid)
-        self.model = BackmapCVAE(self.system.n_atoms, self.system.n_beads, self.grid, **network)
+        self.model = BackmapCVAE.for_system(self.system, self.grid, **network)
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
         self.energy_weight = EnergyWeight(**(energy_weight or {}))
         self.kl_weight = KLWeight(**(kl_weight or {}))
@@ -52,6 +53,7 @@ class CVAEModule(pl.LightningModule):
         omm_system = self.system.openmm_system()
         self.energy = MMEnergy(omm_system)
         self.register_buffer("bonds", torch.as_tensor(bonded_pairs(omm_system)), persistent=False)
+        self.register_buffer("stereocentres", torch.as_tensor(stereocentres(self.system.topology)), persistent=False)
         self.forward_model = torch.compile(self.model) if compile else self.model
 
     def _terms(self, batch: dict[str, torch.Tensor], sample: bool
@@ -66,6 +68,8 @@ class CVAEModule(pl.LightningModule):
             "edm": losses.edm_loss(coords, aa),
             "kl": losses.kl_loss(mean, log_var, self.hparams.free_bits),
         }
+        if len(self.stereocentres):
+            terms["chirality"] = losses.chirality_loss(coords, aa, self.stereocentres)
         lam = self.energy_weight(self.global_step)
         if lam > 0:
             terms["energy"] = losses.energy_loss(coords, aa, self.energy, self.hparams.temperature)
@@ -74,7 +78,7 @@ class CVAEModule(pl.LightningModule):
         return terms, coords, diagnostics
 
     def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = sum(self.weights[k] * terms[k] for k in ("vox", "aa", "cg", "edm"))
+        total = sum(self.weights[k] * terms[k] for k in ("vox", "aa", "cg", "edm", "chirality") if k in terms)
         total = total + self.kl_weight(self.global_step) * terms["kl"]
         if "energy" in terms:
             total = total + self.energy_weight(self.global_step) * terms["energy"]

@@ -10,6 +10,7 @@ import torch
 
 from tcbm.energy import MMEnergy
 from tcbm.mapping import CGMapping
+from tcbm.stereo import signed_volumes
 
 #: Boltzmann constant in kJ/mol/K.
 KB = 0.0083144626
@@ -47,6 +48,14 @@ def energy_loss(pred: torch.Tensor, target: torch.Tensor, energy: MMEnergy, temp
     kt = KB * temperature
     diff = (energy(pred.double(), soft=True) - energy(target.double(), soft=True)) / kt
     return (torch.sqrt(1 + diff.pow(2)) - 1).mean().to(pred.dtype)
+
+
+def chirality_loss(pred: torch.Tensor, target: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Mirrored stereocentres (:mod:`tcbm.stereo`): ``relu(−V_pred / V_target)`` averaged over centres and
+    batch — 0 while every centre keeps the target's handedness, 1 for a centre fully mirrored (dimensionless)."""
+    v_target = signed_volumes(target, centres)
+    v_target = v_target.sign() * v_target.abs().clamp_min(1e-6)
+    return torch.relu(-signed_volumes(pred, centres) / v_target).mean()
 
 
 def kl_per_dimension(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

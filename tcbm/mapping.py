@@ -85,6 +85,40 @@ class CGMapping:
             return torch.matmul(self._torch_weights(coords), coords)
         return np.matmul(self.weights.astype(np.result_type(coords, np.float32)), coords)
 
+    def projection(self, bonds: np.ndarray) -> np.ndarray:
+        """Matrix ``P`` (n_atoms, n_beads) such that ``x + P @ (cg − W @ x)`` maps to ``cg`` exactly.
+
+        Every atom is assigned to the bead nearest to it in the bond graph ``bonds`` (pairs of atom
+        indices; an atom of a bead's group is at distance 0, ties go to the bead that weighs it most, then
+        the lower index), and moves rigidly with that bead's residual: ``P = A (W A)⁻¹`` for the assignment
+        matrix ``A``.  Bonds inside an assigned block keep their lengths."""
+        n_atoms, n_beads = self.n_atoms, self.n_beads
+        neighbours: list[list[int]] = [[] for _ in range(n_atoms)]
+        for i, j in np.asarray(bonds, dtype=np.int64).reshape(-1, 2):
+            neighbours[i].append(int(j))
+            neighbours[j].append(int(i))
+        hops = np.full((n_beads, n_atoms), np.inf)
+        for bead in range(n_beads):
+            frontier = list(np.flatnonzero(self.weights[bead] > 0))
+            hops[bead, frontier] = 0
+            while frontier:
+                nxt = [j for i in frontier for j in neighbours[i] if hops[bead, j] == np.inf]
+                nxt = list(dict.fromkeys(nxt))
+                hops[bead, nxt] = hops[bead, frontier[0]] + 1
+                frontier = nxt
+        unreachable = np.flatnonzero(np.isinf(hops.min(axis=0)))
+        if unreachable.size:
+            raise ValueError(f"atoms {unreachable.tolist()[:10]} are bonded to no CG bead's atoms: a CG "
+                             "projection needs every atom connected to a bead")
+        # order by hops, then by -weight, then by bead index (lexsort keys: last is primary)
+        order = np.lexsort((np.arange(n_beads)[:, None].repeat(n_atoms, 1), -self.weights, hops), axis=0)
+        assignment = np.zeros((n_atoms, n_beads))
+        assignment[np.arange(n_atoms), order[0]] = 1.0
+        coupling = self.weights @ assignment
+        if abs(np.linalg.det(coupling)) < 1e-8:
+            raise ValueError("the CG map's beads cannot be moved independently (W·A is singular)")
+        return assignment @ np.linalg.inv(coupling)
+
     def to_dict(self) -> dict:
         return {"weights": self.weights.tolist(), "bead_names": self.bead_names}
 

@@ -13,14 +13,27 @@ from tcbm.voxels import VoxelGrid
 class BackmapCVAE(nn.Module):
     """cVAE over voxel densities.  ``history`` previous all-atom frames condition the decoder
     (``history=0`` is the frame-based ablation conditioned on CG^t only).  Coordinates in nm,
-    centred on the CG^t centroid."""
+    centred on the CG^t centroid.
+
+    With ``project_cg`` the decoded coordinates are moved so that their CG map equals the input CG
+    exactly (each atom rigidly with the bead nearest to it in the bond graph, see
+    :meth:`CGMapping.projection`); it needs the system's map, so build such a model with
+    :meth:`for_system`."""
 
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
                  depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True,
-                 latent_input: bool = False) -> None:
+                 latent_input: bool = False, project_cg: bool = False,
+                 cg_map: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__()
         if grid.d % 2:
             raise ValueError(f"the decoder halves the grid once: grid.d must be even, got {grid.d}")
+        if project_cg and cg_map is None:
+            raise ValueError("project_cg needs the system's CG map: build the model with BackmapCVAE.for_system")
+        self.project_cg = project_cg
+        if project_cg:  # derived from the system, not saved with the weights
+            weights, projection = (torch.as_tensor(a, dtype=torch.float32) for a in cg_map)
+            self.register_buffer("cg_weights", weights, persistent=False)
+            self.register_buffer("cg_projection", projection, persistent=False)
         self.n_atoms, self.n_beads, self.grid, self.history = n_atoms, n_beads, grid, history
         self.latent_dim, self.channels_last = latent_dim, channels_last
         cond_channels = n_beads + history * n_atoms
@@ -31,6 +44,15 @@ class BackmapCVAE(nn.Module):
         self.log_prior_width = nn.Parameter(torch.tensor(float(np.log(0.1)))) if self.previous_prior else None
         if channels_last:
             self.to(memory_format=torch.channels_last_3d)
+
+    @classmethod
+    def for_system(cls, system, grid: VoxelGrid, **config) -> BackmapCVAE:
+        """The model for a :class:`~tcbm.systems.MolecularSystem` with the network ``config``."""
+        cg_map = None
+        if config.get("project_cg"):
+            bonds = np.array([[a.index, b.index] for a, b in system.topology.bonds], dtype=np.int64)
+            cg_map = (system.mapping.weights, system.mapping.projection(bonds))
+        return cls(system.n_atoms, system.n_beads, grid, cg_map=cg_map, **config)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
@@ -54,20 +76,24 @@ class BackmapCVAE(nn.Module):
         p = -0.5 * ((aa_prev[:, 0].unsqueeze(-1) - axis) / width) ** 2  # (B, N, 3, d)
         return p[..., 0, :, None, None] + p[..., 1, None, :, None] + p[..., 2, None, None, :]
 
-    def decode(self, cond: torch.Tensor, z: torch.Tensor, aa_prev: torch.Tensor | None = None
+    def decode(self, cond: torch.Tensor, z: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom densities (B, N, d, d, d), normalised to sum 1 per atom, and their mean positions (B, N, 3).
+        """Per-atom densities (B, N, d, d, d), normalised to sum 1 per atom, and the coordinates (B, N, 3): the
+        densities' mean positions, projected onto the CG ``cg`` (B, n, 3) when the model has ``project_cg``.
         ``aa_prev`` (B, k, N, 3) is needed when the model uses the previous-frame prior."""
         logits = self.decoder(cond, z.to(cond.dtype)).float()
         if self.previous_prior:
             logits = logits + self.prior_logits(aa_prev.float())
         density = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
-        return density, self.grid.coordinates(density)
+        coords = self.grid.coordinates(density)
+        if self.project_cg:
+            coords = coords + self.cg_projection @ (cg.float() - self.cg_weights @ coords)
+        return density, coords
 
     def forward(self, aa: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor, sample: bool = True):
         """Training pass: returns (density, coordinates, posterior mean, posterior log-variance)."""
         cond = self.condition(cg, aa_prev)
         mean, log_var = self.encode(aa, cond)
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if sample else mean
-        density, coords = self.decode(cond, z, aa_prev)
+        density, coords = self.decode(cond, z, cg, aa_prev)
         return density, coords, mean, log_var

@@ -39,8 +39,9 @@ def step(network: BackmapCVAE, cg: torch.Tensor, previous: torch.Tensor, z: torc
     ``previous`` (B, k, N, 3) ordered newest first, and latents ``z`` (B, latent)."""
     centre = cg.mean(dim=1, keepdim=True)
     previous_centred = previous - centre[:, None]
-    cond = network.condition(cg - centre, previous_centred)
-    return network.decode(cond, z.to(cond.dtype), previous_centred)[1].float() + centre
+    cg_centred = cg - centre
+    cond = network.condition(cg_centred, previous_centred)
+    return network.decode(cond, z.to(cond.dtype), cg_centred, previous_centred)[1].float() + centre
 
 
 class CapturedStep:

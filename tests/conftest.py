@@ -41,7 +41,7 @@ def tiny_model(adp_traj, adp):
 
     torch.manual_seed(0)
     config = {"latent_dim": 3, "width": 4, "depth": 1, "history": 1}
-    network = BackmapCVAE(adp.n_atoms, adp.n_beads, VoxelGrid(d=8, r_grid=2.0, sigma=0.2), **config)
+    network = BackmapCVAE.for_system(adp, VoxelGrid(d=8, r_grid=2.0, sigma=0.2), **config)
     data = load_aa_trajectories(str(adp_traj[0]), adp)
     library = SeedLibrary.from_frames(data.xyz, np.arange(1, len(data.xyz)), adp.mapping, 1, 1)
     sampler = LatentSampler.fit(np.random.default_rng(0).normal(size=(100, 3)), n_components=2)

@@ -8,8 +8,10 @@ from test_model import batch_of, make_module
 
 from tcbm import losses
 from tcbm.analysis.observables import dihedral_autocorrelation, methyl_rotors, rotor_autocorrelations
+from tcbm.data import load_aa_trajectories
 from tcbm.rollout import advance, autocast_context, step
 from tcbm.schedules import UnrollSchedule
+from tcbm.voxels import VoxelGrid
 
 
 def test_unroll_curriculum():
@@ -175,3 +177,31 @@ def test_cuda_graph_rollout_equals_eager_rollout(tiny_model, cg_inputs):
         assert len(runs[0].graphs) == 1 and runs[1].graphs is None  # one capture, replayed for every group
         for x, y in zip(graphed, eager, strict=True):
             assert np.abs(x - y).max() < 1e-5
+
+
+def test_projected_model_reproduces_the_cg_exactly_and_survives_save_and_load(tmp_path, adp_traj, adp):
+    from tcbm.artifact import BackmapModel, SeedLibrary
+    from tcbm.latent import LatentSampler
+    from tcbm.model import BackmapCVAE
+
+    grid = VoxelGrid(d=8, r_grid=2.0, sigma=0.2)
+    config = {"latent_dim": 3, "width": 4, "history": 1, "project_cg": True}
+    with pytest.raises(ValueError, match="for_system"):
+        BackmapCVAE(adp.n_atoms, adp.n_beads, grid, **config)
+    torch.manual_seed(0)
+    network = BackmapCVAE.for_system(adp, grid, **config).eval()
+    xyz = torch.as_tensor(load_aa_trajectories(str(adp_traj[0]), adp).xyz[:6])
+    cg = adp.mapping(xyz[1:]) + 0.05  # CG frames that no all-atom frame of the data has
+    z = torch.randn(5, 3)
+    with torch.no_grad():
+        frames = step(network, cg, xyz[:-1, None], z)
+        unprojected = BackmapCVAE.for_system(adp, grid, **{**config, "project_cg": False})
+        unprojected.load_state_dict(network.state_dict())
+        raw = step(unprojected.eval(), cg, xyz[:-1, None], z)
+    assert (adp.mapping(frames) - cg).abs().max() < 1e-5
+    assert (adp.mapping(raw) - cg).abs().max() > 1e-3  # the untrained decoder alone does not
+    library = SeedLibrary.from_frames(xyz.numpy(), np.arange(1, 6), adp.mapping, 1, 1)
+    model = BackmapModel(network, config, adp, LatentSampler.fit(np.zeros((20, 3)), n_components=1), library)
+    loaded = BackmapModel.load(model.save(tmp_path / "model.pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(step(loaded.network, cg, xyz[:-1, None], z), frames)

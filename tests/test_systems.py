@@ -70,3 +70,41 @@ def test_missing_topology_file(tmp_path):
 def test_unknown_builtin():
     with pytest.raises(ValueError, match="unknown built-in system"):
         load_system("water")
+
+
+def _bonds(topology: md.Topology) -> np.ndarray:
+    return np.array([[a.index, b.index] for a, b in topology.bonds])
+
+
+@pytest.mark.parametrize("weighting", ["slice", "mass"])
+def test_cg_projection_is_exact_and_keeps_bonds_inside_a_bead_block(adp, weighting):
+    if weighting == "slice":
+        mapping = adp.mapping
+    else:  # residue centres of mass: every atom belongs to a group
+        mapping = CGMapping.from_groups(adp.topology, [[a.index for a in r.atoms] for r in adp.topology.residues])
+    projection = mapping.projection(_bonds(adp.topology))
+    rng = np.random.default_rng(0)
+    xyz = adp.reference_xyz + rng.normal(0, 0.05, (22, 3))
+    cg = mapping(adp.reference_xyz)
+    projected = xyz + projection @ (cg - mapping(xyz))
+    np.testing.assert_allclose(mapping(projected), cg, atol=1e-9)
+    block = projection.argmax(axis=1)
+    for a, b in _bonds(adp.topology):
+        if block[a] == block[b]:  # moved together: the bond length is unchanged
+            assert np.linalg.norm(projected[a] - projected[b]) == pytest.approx(np.linalg.norm(xyz[a] - xyz[b]))
+
+
+def test_cg_projection_assigns_atoms_to_the_nearest_bead_in_the_bond_graph(adp):
+    block = adp.mapping.projection(_bonds(adp.topology)).argmax(axis=1)
+    names = [f"{a.residue.name}:{a.name}" for a in adp.topology.atoms]
+    bead_of = {name: adp.mapping.bead_names[b] for name, b in zip(names, block)}
+    assert bead_of["ALA:HA"] == adp.mapping.bead_names[2] and "CA" in bead_of["ALA:HA"]
+    assert "CB" in bead_of["ALA:HB1"] and "C" in bead_of["ACE:O"] and "N" in bead_of["ALA:H"]
+    assert bead_of["ACE:CH3"] == bead_of["ACE:C"]  # one bond from ACE C, further from every other bead
+
+
+def test_cg_projection_needs_every_atom_bonded_to_a_bead(adp):
+    bonds = _bonds(adp.topology)
+    h1 = 0  # ACE H1: drop its bond, so it is connected to nothing
+    with pytest.raises(ValueError, match=r"atoms \[0\] are bonded to no CG bead"):
+        adp.mapping.projection(bonds[(bonds != h1).all(axis=1)])

@@ -164,6 +164,7 @@ class Evaluation:
                 "bond_js_mean": float(np.mean([js_of_samples(bonds[name][k], bonds["reference"][k], s.hist_bins)
                                                for k in ref_bond_means])),
                 "l_chiral_fraction": obs.l_chiral_fraction(traj),
+                "stereo_fraction": obs.stereo_fraction(traj, everything["reference"]),
                 "clashes_per_frame": float(clashes.mean()),
                 "clash_frame_fraction": float((clashes > 0).mean()),
                 "velocity_w1_nm_per_ps": wasserstein1(speeds[name], speeds["reference"]),

@@ -11,6 +11,7 @@ import torch
 from tcbm.energy import MMEnergy
 from tcbm.geometry import superpose
 from tcbm.mapping import CGMapping
+from tcbm.stereo import signed_volumes, stereocentres
 from tcbm.systems import MolecularSystem
 
 #: Non-bonded pairs (more than 3 bonds apart) closer than this are counted as steric clashes (nm):
@@ -75,6 +76,16 @@ def l_chiral_fraction(traj: md.Trajectory) -> float:
     """Fraction of frames in which every chiral Cα has the L configuration."""
     signs = chirality_signs(traj)
     return float((signs > 0).all(axis=1).mean()) if signs.size else float("nan")
+
+
+def stereo_fraction(traj: md.Trajectory, reference: md.Trajectory) -> float:
+    """Fraction of frames in which every stereocentre (:mod:`tcbm.stereo`) has the handedness it has in most
+    of the ``reference`` frames (Cα and e.g. Thr Cβ; nan for a molecule without stereocentres)."""
+    centres = stereocentres(traj.topology)
+    if not len(centres):
+        return float("nan")
+    expected = np.sign(np.median(signed_volumes(reference.xyz, centres), axis=0))
+    return float((np.sign(signed_volumes(traj.xyz, centres)) == expected).all(axis=1).mean())
 
 
 def nonbonded_pairs(topology: md.Topology, min_separation: int = 4) -> np.ndarray:

@@ -11,6 +11,7 @@ ROWS = [
     ("energy JS", "energy_js", "{:.4f}"),
     ("bond-length MAE (nm)", "bond_mae_nm", "{:.4f}"),
     ("L-chiral frames (%)", "l_chiral_fraction", "pct"),
+    ("frames with every stereocentre as in the reference (%)", "stereo_fraction", "pct"),
     ("clashes per frame", "clashes_per_frame", "{:.3f}"),
     ("FES JS", "fes_js", "{:.4f}"),
     ("velocity W1 (nm/ps)", "velocity_w1_nm_per_ps", "{:.4f}"),
@@ -32,7 +33,7 @@ def metrics_table(metrics: dict) -> str:
     names = list(metrics["datasets"])
     lines = ["| score | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for label, key, spec in ROWS:
-        lines.append(f"| {label} | " + " | ".join(_fmt(metrics["datasets"][n][key], spec) for n in names) + " |")
+        lines.append(f"| {label} | " + " | ".join(_fmt(metrics["datasets"][n].get(key), spec) for n in names) + " |")
     lags = "/".join(f"{lag:g}" for lag in metrics["settings"]["rotor_lags_ps"])
     for rotor in metrics["datasets"]["reference"].get("rotor_autocorrelation", {}):
         cells = ["/".join(f"{v:.2f}" for v in metrics["datasets"][n]["rotor_autocorrelation"][rotor]) for n in names]

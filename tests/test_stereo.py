@@ -1,0 +1,55 @@
+"""Stereocentres: which atoms, their handedness, the chirality loss and the evaluation's stereo measure."""
+
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+
+from tcbm import losses
+from tcbm.analysis.observables import l_chiral_fraction, stereo_fraction
+from tcbm.stereo import signed_volumes, stereocentres
+
+
+def _names(system, centres):
+    atoms = list(system.topology.atoms)
+    return [f"{atoms[c].residue.name}{atoms[c].residue.resSeq}-{atoms[c].name}" for c in centres[:, 0]]
+
+
+def test_stereocentres_are_the_non_glycine_calpha_and_threonine_cbeta(adp, cln):
+    assert _names(adp, stereocentres(adp.topology)) == ["ALA2-CA"]  # methyl carbons have three H: not chiral
+    names = _names(cln, stereocentres(cln.topology))
+    assert len(names) == 9 and sum(n.endswith("-CA") for n in names) == 7
+    assert [n for n in names if n.endswith("-CB")] == ["THR6-CB", "THR8-CB"]
+    assert not any(n.startswith("GLY") for n in names)
+
+
+def test_mirror_image_flips_every_handedness_and_numpy_equals_torch(cln):
+    centres = stereocentres(cln.topology)
+    xyz = cln.reference_xyz
+    volumes = signed_volumes(xyz, centres)
+    assert (np.abs(volumes) > 1e-3).all()  # tetrahedral centres: clearly non-zero (nm³)
+    np.testing.assert_allclose(signed_volumes(xyz * np.array([-1, 1, 1]), centres), -volumes, rtol=1e-6)
+    np.testing.assert_allclose(signed_volumes(torch.as_tensor(xyz), torch.as_tensor(centres)).numpy(), volumes,
+                               rtol=1e-5)
+
+
+def test_chirality_loss_is_zero_for_the_target_one_for_its_mirror_and_pushes_back(cln):
+    centres = torch.as_tensor(stereocentres(cln.topology))
+    target = torch.as_tensor(cln.reference_xyz)[None].double()
+    assert losses.chirality_loss(target, target, centres) == 0
+    mirrored = (target * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)).requires_grad_()
+    loss = losses.chirality_loss(mirrored, target, centres)
+    assert loss.item() == pytest.approx(1.0)
+    loss.backward()
+    with torch.no_grad():  # one small step down the gradient reduces the loss
+        assert losses.chirality_loss(mirrored - 1e-4 * mirrored.grad, target, centres) < loss
+
+
+def test_stereo_fraction_counts_frames_with_a_mirrored_centre(adp_traj):
+    reference = md.load(str(adp_traj[0]), top=str(adp_traj[1]))[:20]
+    assert stereo_fraction(reference, reference) == 1.0
+    flipped = reference.xyz.copy()
+    flipped[:5] *= np.array([-1, 1, 1])  # five D frames
+    trajectory = md.Trajectory(flipped, reference.topology)
+    assert stereo_fraction(trajectory, reference) == pytest.approx(0.75)
+    assert l_chiral_fraction(trajectory) == pytest.approx(0.75)  # the same frames, by the Cα rule
