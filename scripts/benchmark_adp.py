@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 from pathlib import Path
 
 import torch
 from hydra import initialize_config_module
 
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
-from tcbm.analysis.report import metrics_table
-from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings
-from tcbm.demo import MODELS, backmap_with_baseline, train_model
+from tcbm.benchmark import results_page, simulate_runs, target_row, train_models
+from tcbm.demo import backmap_with_baseline
 from tcbm.refine import RefinementSettings
-from tcbm.simulate import simulate
 from tcbm.systems import load_system
 
 KT = 0.0083144626 * 300.0
@@ -43,31 +38,29 @@ def targets(metrics: dict) -> list[str]:
     others = [d[k]["velocity_js"] for k in ("frame-based cVAE", "nearest-neighbour")]
     rotor_error = tcbm.get("rotor_autocorrelation_max_error")
     cg_fixed = " (phi/psi are CG atoms: any CG-consistent backmapper passes)"
-    checks = [
-        (f"energy W1 < kT ({KT:.2f} kJ/mol)", tcbm["energy_w1_kJmol"] < KT, f"{tcbm['energy_w1_kJmol']:.2f}"),
-        ("all frames L-chiral", tcbm["l_chiral_fraction"] == 1.0, f"{100 * tcbm['l_chiral_fraction']:.1f} %"),
-        ("methyl-rotor <cos dphi> within 0.1 of the reference", rotor_error is not None and rotor_error < 0.1,
-         "n/a" if rotor_error is None else f"max error {rotor_error:.2f}"),
-        ("FES JS < 0.02" + cg_fixed, tcbm["fes_js"] < 0.02, f"{tcbm['fes_js']:.4f}"),
-        (f"resolved MSM timescales ({len(rel)}) within 10 %" + cg_fixed, bool(rel) and max(rel) < 0.1,
-         ", ".join(f"{100 * r:.0f} %" for r in rel) or "none resolved"),
-        ("velocity JS < 0.02", tcbm["velocity_js"] < 0.02, f"{tcbm['velocity_js']:.4f}"),
-        ("velocity JS better than both frame-based baselines", tcbm["velocity_js"] < min(others),
-         f"{tcbm['velocity_js']:.4f} vs {min(others):.4f}"),
+    return [
+        target_row(f"energy W1 < kT ({KT:.2f} kJ/mol)", tcbm["energy_w1_kJmol"] < KT, f"{tcbm['energy_w1_kJmol']:.2f}"),
+        target_row("all frames L-chiral", tcbm["l_chiral_fraction"] == 1.0, f"{100 * tcbm['l_chiral_fraction']:.1f} %"),
+        target_row("methyl-rotor <cos dphi> within 0.1 of the reference", rotor_error is not None and rotor_error < 0.1,
+                   "n/a" if rotor_error is None else f"max error {rotor_error:.2f}"),
+        target_row("FES JS < 0.02" + cg_fixed, tcbm["fes_js"] < 0.02, f"{tcbm['fes_js']:.4f}"),
+        target_row(f"resolved MSM timescales ({len(rel)}) within 10 %" + cg_fixed, bool(rel) and max(rel) < 0.1,
+                   ", ".join(f"{100 * r:.0f} %" for r in rel) or "none resolved"),
+        target_row("velocity JS < 0.02", tcbm["velocity_js"] < 0.02, f"{tcbm['velocity_js']:.4f}"),
+        target_row("velocity JS better than both frame-based baselines", tcbm["velocity_js"] < min(others),
+                   f"{tcbm['velocity_js']:.4f} vs {min(others):.4f}"),
     ]
-    return [f"| {name} | {value} | {'met' if ok else 'not met'} |" for name, ok, value in checks]
 
 
 ALPHA_L = [{"atoms": [4, 6, 8, 14], "angle_deg": 60.0}, {"atoms": [6, 8, 14, 16], "angle_deg": 40.0}]
 
 
-def simulate_runs(system, data: Path, name: str, total_ps: float, runs: int, alpha_l_runs: int, seed: int
-                  ) -> list[Path]:
+def simulate_split(system, data: Path, name: str, total_ps: float, runs: int, alpha_l_runs: int, seed: int
+                   ) -> list[Path]:
     """``runs`` independent trajectories ``<name>_<k>`` of ``total_ps / runs`` ps each (seeds seed + k); the
     first ``alpha_l_runs`` start in alphaL (restrained during equilibration only)."""
-    return [simulate(system, data, f"{name}_{k}", length_ps=total_ps / runs, seed=seed + k, chunk_frames=10_000,
-                     start_restraints=ALPHA_L if k < alpha_l_runs else [])
-            for k in range(runs)]
+    return simulate_runs(system, data, name, [total_ps / runs] * runs, seed,
+                         [ALPHA_L if k < alpha_l_runs else [] for k in range(runs)], chunk_frames=10_000)
 
 
 def phi_summary(trajectories) -> str:
@@ -99,22 +92,15 @@ def main() -> None:
     out = Path(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     system = load_system("adp")
-    timings: dict[str, float] = {}
 
     data = out / "data"
     if not 0 <= args.alpha_l_runs <= args.runs:
         raise SystemExit(f"--alpha-l-runs must be between 0 and --runs ({args.runs})")
-    train_runs = simulate_runs(system, data, "train", args.train_ps, args.runs, args.alpha_l_runs, seed=1)
-    test_runs = simulate_runs(system, data, "test", args.test_ps, args.runs, args.alpha_l_runs, seed=1001)
+    train_runs = simulate_split(system, data, "train", args.train_ps, args.runs, args.alpha_l_runs, seed=1)
+    test_runs = simulate_split(system, data, "test", args.test_ps, args.runs, args.alpha_l_runs, seed=1001)
     overrides = [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *args.overrides]
-    paths = {}
     with initialize_config_module("tcbm.conf", version_base="1.3"):
-        for label, history in MODELS.items():
-            paths[label] = train_model(out / "runs" / f"history{history}", "adp_benchmark", history, train_runs,
-                                       overrides)
-            metadata = BackmapModel.load(paths[label]).metadata
-            timings[f"train_wall_s[{label}]"] = metadata["train_wall_s"]
-            timings[f"train_steps[{label}]"] = metadata["steps"]
+        paths, timings = train_models(out / "runs", "adp_benchmark", train_runs, overrides)
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_runs, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0, refinement=RefinementSettings(
                                                                      steps=args.refine_steps)), device, refine="tcbm")
@@ -124,24 +110,12 @@ def main() -> None:
     evaluation.metrics["timings"] = timings
     evaluation.write(out)
     (out / "report.md").unlink()
-    command = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-              f"device {device}"
-    lines = [
-        "# ADP quality benchmark", "",
-        f"Command: `{command}`  ", f"Machine: {machine}  ",
-        f"Data: {args.train_ps / 1000:g} ns training, {args.test_ps / 1000:g} ns held-out, each in {args.runs} "
-        f"independent run(s), {args.alpha_l_runs} of them started in alphaL; OBC implicit solvent, 300 K, 1 ps "
-        f"frames. Held-out reference: {phi_summary(reference)}.", "",
-        "## Scores against the held-out reference", "", metrics_table(evaluation.metrics), "",
-        "## Targets (tcbm)", "", "| target | tcbm | status |", "|---|---|---|", *targets(evaluation.metrics), "",
-        "## Timings", "", "| quantity | value |", "|---|---|",
-        *[f"| {k} | {v:.4g} |" for k, v in timings.items()], "",
-        "## Figures", "",
-        *[f"![{name}]({name}.png)" for name in ("energy", "velocity", "fes", "timescales", "eigenvector_similarity",
-                                                 "bond_lengths")],
-    ]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    data_line = (f"{args.train_ps / 1000:g} ns training, {args.test_ps / 1000:g} ns held-out, each in {args.runs} "
+                 f"independent run(s), {args.alpha_l_runs} of them started in alphaL; OBC implicit solvent, 300 K, "
+                 f"1 ps frames. Held-out reference: {phi_summary(reference)}.")
+    page = results_page("ADP quality benchmark", data_line, evaluation.metrics, targets(evaluation.metrics), timings,
+                        device)
+    (out / "results.md").write_text(page)
     print(json.dumps(timings, indent=1))
     print(f"results: {out / 'results.md'}")
 

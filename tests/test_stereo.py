@@ -53,3 +53,37 @@ def test_stereo_fraction_counts_frames_with_a_mirrored_centre(adp_traj):
     trajectory = md.Trajectory(flipped, reference.topology)
     assert stereo_fraction(trajectory, reference) == pytest.approx(0.75)
     assert l_chiral_fraction(trajectory) == pytest.approx(0.75)  # the same frames, by the Cα rule
+
+
+def test_sidechain_rotors_of_chignolin_are_the_sp3_chi_dihedrals(cln, adp):
+    from tcbm.analysis.observables import rotors, sidechain_rotors
+
+    chis = sidechain_rotors(cln.topology)
+    # Pro chi1 is a ring bond; Tyr/Asp/Trp chi2 end on an sp2 carbon; Gly has no CB
+    assert sorted(chis) == ["ASP3:chi1", "GLU5:chi1", "GLU5:chi2", "THR6:chi1", "THR8:chi1", "TRP9:chi1",
+                            "TYR2:chi1"]
+    atoms = list(cln.topology.atoms)
+    assert [atoms[i].name for i in chis["GLU5:chi2"]] == ["CA", "CB", "CG", "CD"]
+    assert [atoms[i].name for i in chis["THR6:chi1"]] == ["N", "CA", "CB", "OG1"]
+    assert sidechain_rotors(adp.topology) == {}  # Ala: CB's only heavy neighbour is CA
+    assert {"THR6:CG2", "THR8:CG2"} <= set(rotors(cln.topology))
+
+
+def test_peptide_omegas_and_a_cis_peptide_bond(adp, adp_traj):
+    from tcbm.analysis.observables import cis_peptides_per_frame, peptide_omegas
+
+    atoms = list(adp.topology.atoms)
+    quads = peptide_omegas(adp.topology)
+    assert [[atoms[i].name for i in q] for q in quads] == [["CH3", "C", "N", "CA"], ["CA", "C", "N", "C"]]
+    traj = md.load(str(adp_traj[0]), top=str(adp_traj[1]))[:10]
+    assert (cis_peptides_per_frame(traj) == 0).all()  # MD at 300 K: all trans
+    # rotate the NME group (N and everything beyond it) by 180° about the C–N bond: that bond becomes cis
+    x = traj.xyz.copy()
+    c, n = quads[1][1], quads[1][2]
+    moving = [a.index for a in atoms if a.residue.name == "NME"]
+    axis = (x[:, n] - x[:, c]) / np.linalg.norm(x[:, n] - x[:, c], axis=-1, keepdims=True)
+    rel = x[:, moving] - x[:, n][:, None]
+    along = (rel * axis[:, None]).sum(-1, keepdims=True) * axis[:, None]
+    x[:, moving] = x[:, n][:, None] + 2 * along - rel  # rotation by pi about the axis through N
+    flipped = md.Trajectory(x, traj.topology)
+    assert (cis_peptides_per_frame(flipped) == 1).all()

@@ -143,8 +143,8 @@ class Evaluation:
         cg_ref = cg if cg is not None else system.mapping(everything["reference"].xyz)
         n_ref = everything["reference"].n_frames
         ref_bond_means = {k: v.reshape(n_ref, -1).mean(0) for k, v in bonds["reference"].items()}
-        rotor_names = list(obs.methyl_rotors(system.topology))
-        angles = {k: [obs.methyl_dihedrals(t)[1] for t in v] for k, v in segments.items()}
+        rotor_names = list(obs.rotors(system.topology))
+        angles = {k: [obs.rotor_dihedrals(t)[1] for t in v] for k, v in segments.items()}
         rotors = {k: obs.pooled_rotor_autocorrelations(rotor_names, a, list(s.rotor_lags_ps), dt)
                   for k, a in angles.items()}
         free = self._free_atom_measures(segments, rotor_names, angles, system, dt)
@@ -166,6 +166,7 @@ class Evaluation:
                 "l_chiral_fraction": obs.l_chiral_fraction(traj),
                 "stereo_fraction": obs.stereo_fraction(traj, everything["reference"]),
                 "clashes_per_frame": float(clashes.mean()),
+                "cis_peptides_per_frame": float(obs.cis_peptides_per_frame(traj).mean()),
                 "clash_frame_fraction": float((clashes > 0).mean()),
                 "velocity_w1_nm_per_ps": wasserstein1(speeds[name], speeds["reference"]),
                 "velocity_js": js_of_samples(speeds[name], speeds["reference"], s.hist_bins),
@@ -189,7 +190,7 @@ class Evaluation:
     def _free_atom_measures(self, segments: dict[str, list[md.Trajectory]], rotor_names: list[str],
                             angles: dict[str, list[np.ndarray]], system: MolecularSystem, dt: float
                             ) -> dict[str, dict]:
-        """What the CG does not fix, per data set: methyl rotamer hops per ps (states centred on the
+        """What the CG does not fix, per data set: rotamer hops per ps of the methyl and χ rotors (states centred on the
         reference's staggered minima), and the frame-to-frame motion of the CG-free atoms in the CG's frame —
         mean RMSD (nm) and, per element, the displacement distribution's JS and W1 (nm) against the reference."""
         atoms = obs.free_atoms(system.mapping)

@@ -88,6 +88,32 @@ def stereo_fraction(traj: md.Trajectory, reference: md.Trajectory) -> float:
     return float((np.sign(signed_volumes(traj.xyz, centres)) == expected).all(axis=1).mean())
 
 
+def peptide_omegas(topology: md.Topology) -> np.ndarray:
+    """Dihedral quadruples X–C–N–Y (k, 4) of every peptide bond: C bonded to an O and to the next residue's N;
+    X is C's other heavy neighbour (CA, or CH3 of a cap), Y the N's heavy neighbour named CA if it has one
+    (proline's CD is not), else its first (e.g. NME's C)."""
+    neighbours = _neighbours(topology)
+    quads = []
+    for c in topology.atoms:
+        if c.element.symbol != "C" or not any(n.element.symbol == "O" for n in neighbours[c.index]):
+            continue
+        for n in (a for a in neighbours[c.index] if a.element.symbol == "N" and a.residue != c.residue):
+            x = [a for a in neighbours[c.index] if a.element.symbol not in ("H", "O") and a != n]
+            y = sorted((a for a in neighbours[n.index] if a.element.symbol != "H" and a != c),
+                       key=lambda a: (a.name != "CA", a.index))
+            if x and y:
+                quads.append([x[0].index, c.index, n.index, y[0].index])
+    return np.array(quads, dtype=np.int64).reshape(-1, 4)
+
+
+def cis_peptides_per_frame(traj: md.Trajectory) -> np.ndarray:
+    """Number of cis peptide bonds (|ω| < 90°) in each frame."""
+    quads = peptide_omegas(traj.topology)
+    if not len(quads):
+        return np.zeros(traj.n_frames)
+    return (np.abs(md.compute_dihedrals(traj, quads)) < np.pi / 2).sum(axis=1).astype(float)
+
+
 def nonbonded_pairs(topology: md.Topology, min_separation: int = 4) -> np.ndarray:
     """Atom pairs at least ``min_separation`` bonds apart (or unconnected)."""
     n = topology.n_atoms
@@ -119,14 +145,19 @@ def frame_speeds(xyz: np.ndarray, dt_ps: float, rescale: float = 1.0) -> np.ndar
     return rescale * np.linalg.norm(np.diff(xyz, axis=0), axis=-1).ravel() / dt_ps
 
 
+def _neighbours(topology: md.Topology) -> dict[int, list]:
+    neighbours: dict[int, list] = defaultdict(list)
+    for a, b in topology.bonds:
+        neighbours[a.index].append(b)
+        neighbours[b.index].append(a)
+    return neighbours
+
+
 def methyl_rotors(topology: md.Topology) -> dict[str, list[int]]:
     """Dihedral quadruples H–C–X–Y of every methyl group (a carbon with three hydrogens), named
     ``<residue>:<carbon>``: H is the methyl's first hydrogen, X the carbon's heavy neighbour and Y a heavy
     neighbour of X.  These rotors are not fixed by a backbone CG, so they show what a backmapper invents."""
-    neighbours = defaultdict(list)
-    for a, b in topology.bonds:
-        neighbours[a.index].append(b)
-        neighbours[b.index].append(a)
+    neighbours = _neighbours(topology)
     rotors = {}
     for atom in topology.atoms:
         if atom.element.symbol != "C":
@@ -142,6 +173,42 @@ def methyl_rotors(topology: md.Topology) -> dict[str, list[int]]:
     return rotors
 
 
+def sidechain_rotors(topology: md.Topology) -> dict[str, list[int]]:
+    """Side-chain dihedrals χ1 (N–CA–CB–XG) and χ2 (CA–CB–CG–XD) about bonds between two four-bonded atoms
+    outside rings (three staggered rotamers each, like methyls), named ``<residue>:chi1`` / ``:chi2``; X is the
+    far atom's first heavy neighbour.  Proline's ring bonds and bonds to sp² atoms (aromatic χ2) are left out."""
+    neighbours = _neighbours(topology)
+
+    def in_ring(a: int, b: int) -> bool:  # is b reachable from a without the bond a–b?
+        seen, frontier = {a}, [n.index for n in neighbours[a] if n.index != b]
+        while frontier:
+            if b in frontier:
+                return True
+            seen.update(frontier)
+            frontier = [n.index for i in frontier for n in neighbours[i] if n.index not in seen]
+        return False
+
+    rotors = {}
+    for residue in topology.residues:
+        atoms = {a.name: a.index for a in residue.atoms}
+        chain = [atoms.get(name) for name in ("N", "CA", "CB")]
+        for k in (1, 2):
+            if None in chain:
+                break
+            near, far = chain[-2], chain[-1]
+            heavy = sorted(n.index for n in neighbours[far] if n.element.symbol != "H" and n.index != near)
+            if len(neighbours[near]) != 4 or len(neighbours[far]) != 4 or not heavy or in_ring(near, far):
+                break
+            rotors[f"{residue.name}{residue.resSeq}:chi{k}"] = [chain[-3], near, far, heavy[0]]
+            chain = chain[1:] + [heavy[0]]
+    return rotors
+
+
+def rotors(topology: md.Topology) -> dict[str, list[int]]:
+    """Every three-fold rotor the evaluation follows: methyl groups, then side-chain χ1/χ2."""
+    return {**methyl_rotors(topology), **sidechain_rotors(topology)}
+
+
 def dihedral_autocorrelation(angles: np.ndarray, lags: list[int]) -> np.ndarray:
     """⟨cos(φ(t+τ) − φ(t))⟩ of dihedral time series ``angles`` (frames, k) rad at frame lags ``lags``
     (k values per lag, shape (len(lags), k)); 1 for a frozen rotor, −0.5 after a 120° methyl hop."""
@@ -151,11 +218,11 @@ def dihedral_autocorrelation(angles: np.ndarray, lags: list[int]) -> np.ndarray:
 
 def rotor_autocorrelations(trajs: md.Trajectory | list[md.Trajectory], lags_ps: list[float], dt_ps: float
                            ) -> dict[str, list[float]]:
-    """Methyl-rotor dihedral autocorrelation at ``lags_ps`` (ps) per rotor, over the frame pairs of one
+    """Rotor (methyl and side-chain χ) dihedral autocorrelation at ``lags_ps`` (ps) per rotor, over the frame pairs of one
     trajectory or of several (frames ``dt_ps`` apart; pairs never span two trajectories)."""
     trajs = [trajs] if isinstance(trajs, md.Trajectory) else list(trajs)
-    names = list(methyl_rotors(trajs[0].topology))
-    return pooled_rotor_autocorrelations(names, [methyl_dihedrals(t)[1] for t in trajs], lags_ps, dt_ps)
+    names = list(rotors(trajs[0].topology))
+    return pooled_rotor_autocorrelations(names, [rotor_dihedrals(t)[1] for t in trajs], lags_ps, dt_ps)
 
 
 def pooled_rotor_autocorrelations(names: list[str], angles: list[np.ndarray], lags_ps: list[float], dt_ps: float
@@ -188,7 +255,7 @@ def rotor_phases(angles: np.ndarray) -> np.ndarray:
 
 
 def rotamer_states(angles: np.ndarray, phases: np.ndarray) -> np.ndarray:
-    """Rotamer (0, 1, 2) of each methyl dihedral: states centred on the staggered minima ``phases`` + k·120°,
+    """Rotamer (0, 1, 2) of each rotor dihedral: states centred on the staggered minima ``phases`` + k·120°,
     so their boundaries lie on the eclipsed maxima and librations about a minimum are not hops."""
     return np.round((angles - phases) / (2 * np.pi / 3)).astype(int) % 3
 
@@ -202,12 +269,12 @@ def hop_rates(angles: np.ndarray | list[np.ndarray], phases: np.ndarray, dt_ps: 
     return np.asarray(hops, dtype=float) / (dt_ps * max(pairs, 1))
 
 
-def methyl_dihedrals(traj: md.Trajectory) -> tuple[list[str], np.ndarray]:
-    """Names and dihedral time series (frames, rotors) rad of the methyl rotors of ``traj``."""
-    rotors = methyl_rotors(traj.topology)
-    if not rotors:
+def rotor_dihedrals(traj: md.Trajectory) -> tuple[list[str], np.ndarray]:
+    """Names and dihedral time series (frames, rotors) rad of the :func:`rotors` of ``traj``."""
+    quads = rotors(traj.topology)
+    if not quads:
         return [], np.zeros((traj.n_frames, 0))
-    return list(rotors), md.compute_dihedrals(traj, np.array(list(rotors.values())))
+    return list(quads), md.compute_dihedrals(traj, np.array(list(quads.values())))
 
 
 def free_atom_motion(xyz: np.ndarray, mapping: CGMapping, atoms: np.ndarray, batch: int = 4096

@@ -13,11 +13,12 @@ ROWS = [
     ("L-chiral frames (%)", "l_chiral_fraction", "pct"),
     ("frames with every stereocentre as in the reference (%)", "stereo_fraction", "pct"),
     ("clashes per frame", "clashes_per_frame", "{:.3f}"),
+    ("cis peptide bonds per frame", "cis_peptides_per_frame", "{:.3f}"),
     ("FES JS", "fes_js", "{:.4f}"),
     ("velocity W1 (nm/ps)", "velocity_w1_nm_per_ps", "{:.4f}"),
     ("velocity JS", "velocity_js", "{:.4f}"),
     ("CG-consistency RMSD (nm)", "cg_rmsd_nm", "{:.4f}"),
-    ("methyl-rotor <cos dphi> max abs. error", "rotor_autocorrelation_max_error", "{:.2f}"),
+    ("rotor <cos dphi> max abs. error", "rotor_autocorrelation_max_error", "{:.2f}"),
     ("CG-free atoms: frame-to-frame RMSD in the CG frame (nm)", "free_rmsd_nm", "{:.4f}"),
 ]
 
@@ -37,11 +38,11 @@ def metrics_table(metrics: dict) -> str:
     lags = "/".join(f"{lag:g}" for lag in metrics["settings"]["rotor_lags_ps"])
     for rotor in metrics["datasets"]["reference"].get("rotor_autocorrelation", {}):
         cells = ["/".join(f"{v:.2f}" for v in metrics["datasets"][n]["rotor_autocorrelation"][rotor]) for n in names]
-        lines.append(f"| {rotor} methyl <cos dphi> at {lags} ps | " + " | ".join(cells) + " |")
+        lines.append(f"| {rotor} rotor <cos dphi> at {lags} ps | " + " | ".join(cells) + " |")
     reference = metrics["datasets"]["reference"]
     for rotor in reference.get("rotor_hops_per_ps", {}):
         cells = [f"{metrics['datasets'][n]['rotor_hops_per_ps'][rotor]:.3f}" for n in names]
-        lines.append(f"| {rotor} methyl rotamer hops per ps | " + " | ".join(cells) + " |")
+        lines.append(f"| {rotor} rotamer hops per ps | " + " | ".join(cells) + " |")
     for element in reference.get("free_displacement_js", {}):
         cells = [f"{metrics['datasets'][n]['free_displacement_js'][element]:.4f}" for n in names]
         lines.append(f"| CG-free {element}: frame-to-frame displacement JS | " + " | ".join(cells) + " |")
@@ -84,7 +85,8 @@ def write_report(metrics: dict, figures: dict[str, str], out: Path) -> Path:
         "Energies: " + ("this system's vacuum force-field energies as they are." if settings.get("energies", "absolute")
                         == "absolute" else "centred on each data set's own median (the reference comes from another "
                         "force field or solvent, so only the shapes of the distributions compare)."),
-        "Methyl rotors (H–C–X–Y dihedrals of every CH3, not fixed by a backbone CG): <cos dphi> is the mean "
+        "Rotors, none fixed by a backbone CG: methyls (H–C–X–Y dihedral of every CH3, named by the carbon) and "
+        "side-chain chi1/chi2 about bonds between two four-bonded atoms outside rings. <cos dphi> is the mean "
         "cosine of the dihedral's change over the lag; 1 is a frozen rotor, a rotor that forgets its phase "
         "decays towards 0; the max abs. error is over rotors and lags against the reference. Rotamer hops "
         "count changes between three states centred on the reference's staggered minima (boundaries on the "
