@@ -13,16 +13,16 @@ import mdtraj as md
 import numpy as np
 import torch
 
+from tcbm.systems import bonded_neighbours
+
 
 def stereocentres(topology: md.Topology) -> np.ndarray:
     """Index rows ``(centre, a, b, c)`` (C, 4) of the topology's stereocentres, ``a, b, c`` the centre's first
     three neighbours by index with heavy atoms before the hydrogen."""
-    neighbours: dict[int, list[md.core.topology.Atom]] = {a.index: [] for a in topology.atoms}
-    for a, b in topology.bonds:
-        neighbours[a.index].append(b)
-        neighbours[b.index].append(a)
+    neighbours = bonded_neighbours(topology)
     rows = []
-    for centre, bonded in neighbours.items():
+    for centre in (atom.index for atom in topology.atoms):
+        bonded = neighbours[centre]
         hydrogens = sum(1 for a in bonded if a.element is md.element.hydrogen)
         if len(bonded) == 4 and hydrogens <= 1:
             ordered = sorted(bonded, key=lambda a: (a.element is md.element.hydrogen, a.index))

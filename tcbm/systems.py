@@ -8,6 +8,7 @@ mdtraj selection (slice map) or atom groups per bead (centre-of-mass or centroid
 from __future__ import annotations
 
 import io
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -123,6 +124,15 @@ class MolecularSystem:
         for mine, theirs in zip(self.topology.atoms, topology.atoms, strict=False):
             if mine.element != theirs.element:
                 raise ValueError(f"{source}: atom {theirs.index} is {theirs}, system {self.name!r} expects {mine}")
+
+
+def bonded_neighbours(topology: md.Topology) -> dict[int, list[md.core.topology.Atom]]:
+    """The bond graph of ``topology``: for every bonded atom's index, the atoms bonded to it."""
+    neighbours: dict[int, list[md.core.topology.Atom]] = defaultdict(list)
+    for a, b in topology.bonds:
+        neighbours[a.index].append(b)
+        neighbours[b.index].append(a)
+    return neighbours
 
 
 def _load_topology(path: str | Path) -> md.Trajectory:

@@ -12,7 +12,7 @@ from tcbm.energy import MMEnergy
 from tcbm.geometry import superpose
 from tcbm.mapping import CGMapping
 from tcbm.stereo import signed_volumes, stereocentres
-from tcbm.systems import MolecularSystem
+from tcbm.systems import MolecularSystem, bonded_neighbours
 
 #: Non-bonded pairs (more than 3 bonds apart) closer than this are counted as steric clashes (nm):
 #: below the closest hydrogen-bond H···O contacts (~0.17 nm) seen in equilibrium MD.
@@ -42,14 +42,10 @@ def bond_lengths(traj: md.Trajectory) -> dict[str, np.ndarray]:
 
 def bond_angles(traj: md.Trajectory) -> dict[str, np.ndarray]:
     """Bond angles (rad) grouped by element triple type (e.g. ``H-C-H``)."""
-    graph = defaultdict(set)
-    for a, b in traj.topology.bonds:
-        graph[a.index].add(b.index)
-        graph[b.index].add(a.index)
     atoms = list(traj.topology.atoms)
     triples = defaultdict(list)
-    for centre, neighbours in graph.items():
-        ordered = sorted(neighbours)
+    for centre, neighbours in bonded_neighbours(traj.topology).items():
+        ordered = sorted(n.index for n in neighbours)
         for i, a in enumerate(ordered):
             for b in ordered[i + 1:]:
                 ends = sorted([atoms[a], atoms[b]], key=lambda atom: atom.element.symbol)
@@ -92,7 +88,7 @@ def peptide_omegas(topology: md.Topology) -> np.ndarray:
     """Dihedral quadruples X–C–N–Y (k, 4) of every peptide bond: C bonded to an O and to the next residue's N;
     X is C's other heavy neighbour (CA, or CH3 of a cap), Y the N's heavy neighbour named CA if it has one
     (proline's CD is not), else its first (e.g. NME's C)."""
-    neighbours = _neighbours(topology)
+    neighbours = bonded_neighbours(topology)
     quads = []
     for c in topology.atoms:
         if c.element.symbol != "C" or not any(n.element.symbol == "O" for n in neighbours[c.index]):
@@ -145,19 +141,11 @@ def frame_speeds(xyz: np.ndarray, dt_ps: float, rescale: float = 1.0) -> np.ndar
     return rescale * np.linalg.norm(np.diff(xyz, axis=0), axis=-1).ravel() / dt_ps
 
 
-def _neighbours(topology: md.Topology) -> dict[int, list]:
-    neighbours: dict[int, list] = defaultdict(list)
-    for a, b in topology.bonds:
-        neighbours[a.index].append(b)
-        neighbours[b.index].append(a)
-    return neighbours
-
-
 def methyl_rotors(topology: md.Topology) -> dict[str, list[int]]:
     """Dihedral quadruples H–C–X–Y of every methyl group (a carbon with three hydrogens), named
     ``<residue>:<carbon>``: H is the methyl's first hydrogen, X the carbon's heavy neighbour and Y a heavy
     neighbour of X.  These rotors are not fixed by a backbone CG, so they show what a backmapper invents."""
-    neighbours = _neighbours(topology)
+    neighbours = bonded_neighbours(topology)
     rotors = {}
     for atom in topology.atoms:
         if atom.element.symbol != "C":
@@ -177,7 +165,7 @@ def sidechain_rotors(topology: md.Topology) -> dict[str, list[int]]:
     """Side-chain dihedrals χ1 (N–CA–CB–XG) and χ2 (CA–CB–CG–XD) about bonds between two four-bonded atoms
     outside rings (three staggered rotamers each, like methyls), named ``<residue>:chi1`` / ``:chi2``; X is the
     far atom's first heavy neighbour.  Proline's ring bonds and bonds to sp² atoms (aromatic χ2) are left out."""
-    neighbours = _neighbours(topology)
+    neighbours = bonded_neighbours(topology)
 
     def in_ring(a: int, b: int) -> bool:  # is b reachable from a without the bond a–b?
         seen, frontier = {a}, [n.index for n in neighbours[a] if n.index != b]
