@@ -1,4 +1,5 @@
-"""Latent samplers for inference: a Gaussian mixture fitted to the training posterior, or N(0, I)."""
+"""Latent samplers for inference: a Gaussian mixture fitted to the training posterior, or N(0, I) (also the
+standard-normal draw that a model with a conditional prior maps through p(z | condition))."""
 
 from __future__ import annotations
 
@@ -67,3 +68,14 @@ def encode_posterior_means(network: BackmapCVAE, dataset: Dataset, max_samples: 
         means.append(network.encode(batch["aa"], cond)[0].double().cpu().numpy())
     network.train(was_training)
     return np.concatenate(means)
+
+
+def fit_sampler(network: BackmapCVAE, dataset: Dataset, max_samples: int, batch_size: int, components: int,
+                seed: int = 0, progress: bool = True) -> LatentSampler:
+    """The sampler a rollout of ``network`` draws from: a GMM fitted to the posterior means of up to
+    ``max_samples`` triples of ``dataset``, or N(0, I) for a network with a conditional prior (which maps
+    the draw through p(z | condition) itself)."""
+    if network.conditional_prior:
+        return LatentSampler.prior(network.latent_dim)
+    means = encode_posterior_means(network, dataset, max_samples, batch_size, seed, progress)
+    return LatentSampler.fit(means, components, seed)

@@ -60,21 +60,24 @@ class CVAEModule(pl.LightningModule):
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
         """Loss terms, predicted coordinates, and latent diagnostics (raw KL in nats, active units)."""
         aa, cg = batch["aa"], batch["cg"]
-        density, coords, mean, log_var = self.forward_model(aa, cg, batch["aa_prev"], sample=sample)
+        out = self.forward_model(aa, cg, batch["aa_prev"], sample=sample)
+        density, coords = out.density, out.coords
+        prior = {"prior_mean": out.prior_mean, "prior_log_var": out.prior_log_var}
         terms = {
             "vox": losses.vox_loss(density, self.grid.normalized(aa)),
             "aa": losses.aa_loss(coords, aa),
             "cg": losses.cg_loss(coords, cg, self.system.mapping),
             "edm": losses.edm_loss(coords, aa),
-            "kl": losses.kl_loss(mean, log_var, self.hparams.free_bits),
+            "kl": losses.kl_loss(out.mean, out.log_var, self.hparams.free_bits, **prior),
         }
         if len(self.stereocentres):
             terms["chirality"] = losses.chirality_loss(coords, aa, self.stereocentres)
         lam = self.energy_weight(self.global_step)
         if lam > 0:
             terms["energy"] = losses.energy_loss(coords, aa, self.energy, self.hparams.temperature)
-        diagnostics = {"kl_nats": losses.kl_loss(mean, log_var).detach(),
-                       "active_units": losses.active_units(mean.detach()).float()}
+        with torch.no_grad():
+            diagnostics = {"kl_nats": losses.kl_loss(out.mean, out.log_var, **prior),
+                           "active_units": losses.active_units(out.mean, **prior).float()}
         return terms, coords, diagnostics
 
     def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:

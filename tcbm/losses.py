@@ -58,22 +58,35 @@ def chirality_loss(pred: torch.Tensor, target: torch.Tensor, centres: torch.Tens
     return torch.relu(-signed_volumes(pred, centres) / v_target).mean()
 
 
-def kl_per_dimension(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """KL(q(z|x) ‖ N(0, I)) per latent dimension (latent,), averaged over the batch (nats)."""
-    return (-0.5 * (1 + log_var - mean.pow(2) - log_var.exp())).mean(0)
+def kl_per_dimension(mean: torch.Tensor, log_var: torch.Tensor, prior_mean: torch.Tensor | None = None,
+                     prior_log_var: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(q(z|x) ‖ p(z)) per latent dimension (latent,), averaged over the batch (nats), between diagonal
+    Gaussians; the prior is N(0, I) unless its mean and log-variance (B, latent) are given."""
+    if prior_mean is None:
+        return (-0.5 * (1 + log_var - mean.pow(2) - log_var.exp())).mean(0)
+    ratio = (log_var - prior_log_var).exp()
+    return (0.5 * (ratio + (mean - prior_mean).pow(2) * (-prior_log_var).exp() - 1 - (log_var - prior_log_var))
+            ).mean(0)
 
 
-def kl_loss(mean: torch.Tensor, log_var: torch.Tensor, free_bits: float = 0.0) -> torch.Tensor:
-    """KL(q(z|x) ‖ N(0, I)) summed over latent dimensions, averaged over the batch (nats).  With
-    ``free_bits`` > 0 (nats per dimension, Kingma et al. 2016) a dimension's KL below it is not penalised,
-    so the encoder can put information into z without paying for it (against posterior collapse)."""
-    per_dimension = kl_per_dimension(mean, log_var)
+def kl_loss(mean: torch.Tensor, log_var: torch.Tensor, free_bits: float = 0.0, prior_mean: torch.Tensor | None = None,
+            prior_log_var: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(q(z|x) ‖ p(z)) summed over latent dimensions, averaged over the batch (nats); the prior as in
+    :func:`kl_per_dimension`.  With ``free_bits`` > 0 (nats per dimension, Kingma et al. 2016) a dimension's
+    KL below it is not penalised, so the encoder can put information into z without paying for it (against
+    posterior collapse)."""
+    per_dimension = kl_per_dimension(mean, log_var, prior_mean, prior_log_var)
     if free_bits > 0:
         per_dimension = per_dimension.clamp_min(free_bits)
     return per_dimension.sum()
 
 
-def active_units(mean: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
+def active_units(mean: torch.Tensor, threshold: float = 0.01, prior_mean: torch.Tensor | None = None,
+                 prior_log_var: torch.Tensor | None = None) -> torch.Tensor:
     """Number of latent dimensions whose posterior mean varies across the batch by more than
-    ``threshold`` (variance; Burda et al. 2016): how many dimensions carry information."""
+    ``threshold`` (variance; Burda et al. 2016): how many dimensions carry information.  With a
+    conditional prior the posterior mean is measured from the prior's, in units of its width, so that
+    a posterior equal to its prior counts as inactive however the prior moves with the condition."""
+    if prior_mean is not None:
+        mean = (mean - prior_mean) * (-0.5 * prior_log_var).exp()
     return (mean.var(dim=0) > threshold).sum()

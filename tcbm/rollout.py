@@ -36,12 +36,13 @@ def autocast_context(device: torch.device, autocast: str | None, cache: bool = T
 
 def step(network: BackmapCVAE, cg: torch.Tensor, previous: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """One autoregressive step: all-atom frame (B, N, 3) from CG^t (B, n, 3), the previous all-atom frames
-    ``previous`` (B, k, N, 3) ordered newest first, and latents ``z`` (B, latent)."""
+    ``previous`` (B, k, N, 3) ordered newest first, and latent draws ``z`` (B, latent) (see
+    :meth:`BackmapCVAE.generate`)."""
     centre = cg.mean(dim=1, keepdim=True)
     previous_centred = previous - centre[:, None]
     cg_centred = cg - centre
     cond = network.condition(cg_centred, previous_centred)
-    return network.decode(cond, z.to(cond.dtype), cg_centred, previous_centred)[1].float() + centre
+    return network.generate(cond, z.to(cond.dtype), cg_centred, previous_centred)[1].float() + centre
 
 
 class CapturedStep:

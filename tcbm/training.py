@@ -16,7 +16,7 @@ from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.data import BackmapDataModule, TripleDataset
 from tcbm.fingerprint import digest, file_digest
 from tcbm.io import expand_paths
-from tcbm.latent import LatentSampler, encode_posterior_means
+from tcbm.latent import fit_sampler
 from tcbm.lightning import CVAEModule
 from tcbm.systems import MolecularSystem, load_system
 from tcbm.validation import RolloutValidation, RolloutValidationSettings, rollout_windows
@@ -145,11 +145,8 @@ def train(cfg: DictConfig) -> Path | None:
     module.to(trainer.strategy.root_device)  # Lightning's teardown left it on the CPU: encode on the GPU
     state = torch.load(selected, map_location=module.device, weights_only=False)
     module.load_state_dict(state["state_dict"])
-    sampler = LatentSampler.fit(
-        encode_posterior_means(module.model, data.dataset("train"), cfg.model.gmm.max_samples, cfg.data.batch_size,
-                               cfg.seed),
-        cfg.model.gmm.components, cfg.seed,
-    )
+    sampler = fit_sampler(module.model, data.dataset("train"), cfg.model.gmm.max_samples, cfg.data.batch_size,
+                          cfg.model.gmm.components, cfg.seed)
     metadata = {"train_wall_s": time.perf_counter() - started, "steps": trainer.global_step,
                 "weights_step": state["global_step"], "weights_checkpoint": selected.name,
                 "selection": {"monitor": monitor, "mode": cfg.selection.mode, "weights": cfg.selection.weights,

@@ -21,7 +21,7 @@ from tcbm.analysis.scores import wasserstein1
 from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.backmap import Backmapper, RolloutSettings
 from tcbm.energy import MMEnergy
-from tcbm.latent import LatentSampler, encode_posterior_means
+from tcbm.latent import fit_sampler
 from tcbm.mapping import CGMapping
 
 
@@ -96,11 +96,10 @@ class RolloutValidation(pl.Callback):
 
     def rollout(self, pl_module: pl.LightningModule) -> tuple[BackmapModel, np.ndarray]:
         """The in-memory artefact of the current weights of ``pl_module`` (a :class:`~tcbm.lightning.CVAEModule`)
-        with a GMM fitted now, and its rollouts (W, T, N, 3) of the windows, as ``tcbm backmap`` makes them."""
+        with its latent sampler fitted now, and its rollouts (W, T, N, 3) of the windows, as ``tcbm backmap`` makes them."""
         s = self.settings
         network, system = pl_module.model, pl_module.system
-        means = encode_posterior_means(network, self.posterior_set, s.gmm_samples, 256, s.seed, progress=False)
-        sampler = LatentSampler.fit(means, s.gmm_components, s.seed)
+        sampler = fit_sampler(network, self.posterior_set, s.gmm_samples, 256, s.gmm_components, s.seed, progress=False)
         model = BackmapModel(network, self.network_config, system, sampler, self.library, self.lag)
         settings = RolloutSettings(seed=s.seed, batch_size=len(self.reference), chunk_frames=s.frames, progress=False)
         cg = [system.mapping(window) for window in self.reference]

@@ -177,3 +177,11 @@ def test_previous_frame_noise_only_in_training(adp_traj, adp):
     assert 0.02 < (seen[0] - original).std().item() < 0.08  # the network saw noised previous frames
     module.validation_step(batch, 0)
     assert torch.equal(seen[1], original)  # validation sees clean ones
+
+
+def test_model_with_conditional_prior_ships_a_standard_normal_sampler(tmp_path, adp_traj):
+    from tcbm.training import train
+
+    model = BackmapModel.load(train(train_config(tmp_path, adp_traj, **{"model.network.conditional_prior": "true"})))
+    assert model.network.conditional_prior
+    assert model.sampler.weights.tolist() == [1.0] and not model.sampler.means.any()

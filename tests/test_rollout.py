@@ -205,3 +205,44 @@ def test_projected_model_reproduces_the_cg_exactly_and_survives_save_and_load(tm
     loaded = BackmapModel.load(model.save(tmp_path / "model.pt"))
     with torch.no_grad():
         torch.testing.assert_close(step(loaded.network, cg, xyz[:-1, None], z), frames)
+
+
+def test_kl_against_a_learned_prior_has_known_values():
+    mean, log_var = torch.tensor([[1.0], [1.0]]), torch.zeros(2, 1)
+    prior_mean, prior_log_var = torch.zeros(2, 1), torch.full((2, 1), float(np.log(4.0)))
+    # KL(N(1, 1) || N(0, 4)) = (1/4 + 1/4 - 1 - ln(1/4)) / 2
+    expected = 0.5 * (0.25 + 0.25 - 1 - np.log(0.25))
+    assert losses.kl_loss(mean, log_var, 0.0, prior_mean, prior_log_var).item() == pytest.approx(expected, rel=1e-6)
+    assert losses.kl_loss(mean, log_var, 0.0, mean, log_var).item() == pytest.approx(0.0, abs=1e-7)
+    standard = losses.kl_loss(mean, log_var)
+    assert losses.kl_loss(mean, log_var, 0.0, torch.zeros(2, 1), torch.zeros(2, 1)).item() == pytest.approx(standard.item())
+    # a posterior that only follows its (condition-dependent) prior carries no information
+    moving = torch.tensor([[-2.0, 0.0], [3.0, 0.0], [0.5, 0.0]])
+    assert losses.active_units(moving).item() == 1
+    assert losses.active_units(moving, prior_mean=moving, prior_log_var=torch.zeros(3, 2)).item() == 0
+
+
+def test_conditional_prior_maps_standard_normal_draws_through_p_z_given_condition(adp_traj, adp):
+    from tcbm.lightning import CVAEModule
+    from tcbm.model import BackmapCVAE
+
+    torch.manual_seed(0)
+    network = {"latent_dim": 4, "width": 8, "depth": 1, "history": 1, "conditional_prior": True}
+    module = CVAEModule(adp.to_dict(), {"d": 8, "r_grid": 2.0, "sigma": 0.2}, network,
+                        kl_weight={"mode": "constant", "beta_max": 1.0})
+    model = module.model
+    batch = batch_of(adp_traj, adp, n=4, augment=False)
+    cond = model.condition(batch["cg"], batch["aa_prev"])
+    noise = torch.randn(4, 4)
+    with torch.no_grad():
+        model.decoder.prior_head[-1].bias.copy_(torch.linspace(-1.0, 1.0, 8))  # a prior far from N(0, I)
+        mean, log_var = model.decoder.prior(model.decoder.features(cond))
+        generated = model.generate(cond, noise, batch["cg"], batch["aa_prev"])[1]
+        decoded = model.decode(cond, mean + noise * (0.5 * log_var).exp(), batch["cg"], batch["aa_prev"])[1]
+        unmapped = model.decode(cond, noise, batch["cg"], batch["aa_prev"])[1]
+    assert torch.allclose(generated, decoded, atol=1e-6)
+    assert not torch.allclose(generated, unmapped, atol=1e-4)
+    module.training_step(batch_of(adp_traj, adp, n=4), 0).backward()
+    assert model.decoder.prior_head[-1].weight.grad.abs().sum() > 0  # the KL term trains the prior
+    with pytest.raises(ValueError, match="exclude each other"):
+        BackmapCVAE.for_system(adp, VoxelGrid(d=8, r_grid=2.0, sigma=0.2), latent_input=True, conditional_prior=True)
