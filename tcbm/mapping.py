@@ -85,13 +85,20 @@ class CGMapping:
             return torch.matmul(self._torch_weights(coords), coords)
         return np.matmul(self.weights.astype(np.result_type(coords, np.float32)), coords)
 
-    def projection(self, bonds: np.ndarray) -> np.ndarray:
+    def projection(self, bonds: np.ndarray, kind: str = "rigid") -> np.ndarray:
         """Matrix ``P`` (n_atoms, n_beads) such that ``x + P @ (cg − W @ x)`` maps to ``cg`` exactly.
 
-        Every atom is assigned to the bead nearest to it in the bond graph ``bonds`` (pairs of atom
-        indices; an atom of a bead's group is at distance 0, ties go to the bead that weighs it most, then
-        the lower index), and moves rigidly with that bead's residual: ``P = A (W A)⁻¹`` for the assignment
-        matrix ``A``.  Bonds inside an assigned block keep their lengths."""
+        ``kind='rigid'``: every atom is assigned to the bead nearest to it in the bond graph ``bonds``
+        (pairs of atom indices; an atom of a bead's group is at distance 0, ties go to the bead that weighs
+        it most, then the lower index), and moves rigidly with that bead's residual: ``P = A (W A)⁻¹`` for
+        the assignment matrix ``A``.  Bonds inside an assigned block keep their lengths; bonds and angles
+        between blocks take the whole residual.
+
+        ``kind='smooth'``: the correction Δ that changes bonded (1-2) and angle (1-3) neighbours least,
+        minimising Σ |Δ_i − Δ_j|² over those pairs subject to W Δ = cg − W x (solved once, in closed form,
+        from its KKT system): a bead's residual is spread along the bonds to the next bead."""
+        if kind not in ("rigid", "smooth"):
+            raise ValueError(f"CG projection kind must be 'rigid' or 'smooth', got {kind!r}")
         n_atoms, n_beads = self.n_atoms, self.n_beads
         neighbours: list[list[int]] = [[] for _ in range(n_atoms)]
         for i, j in np.asarray(bonds, dtype=np.int64).reshape(-1, 2):
@@ -110,6 +117,8 @@ class CGMapping:
         if unreachable.size:
             raise ValueError(f"atoms {unreachable.tolist()[:10]} are bonded to no CG bead's atoms: a CG "
                              "projection needs every atom connected to a bead")
+        if kind == "smooth":
+            return self._smooth_projection(neighbours)
         # order by hops, then by -weight, then by bead index (lexsort keys: last is primary)
         order = np.lexsort((np.arange(n_beads)[:, None].repeat(n_atoms, 1), -self.weights, hops), axis=0)
         assignment = np.zeros((n_atoms, n_beads))
@@ -118,6 +127,23 @@ class CGMapping:
         if abs(np.linalg.det(coupling)) < 1e-8:
             raise ValueError("the CG map's beads cannot be moved independently (W·A is singular)")
         return assignment @ np.linalg.inv(coupling)
+
+    def _smooth_projection(self, neighbours: list[list[int]]) -> np.ndarray:
+        """``P`` of the least-strain correction over 1-2 and 1-3 pairs (see :meth:`projection`)."""
+        n_atoms, n_beads = self.n_atoms, self.n_beads
+        pairs = {tuple(sorted((i, j))) for i in range(n_atoms) for j in neighbours[i]}
+        pairs |= {tuple(sorted((a, b))) for i in range(n_atoms) for a in neighbours[i] for b in neighbours[i] if a != b}
+        laplacian = np.zeros((n_atoms, n_atoms))
+        for i, j in pairs:
+            laplacian[[i, j], [i, j]] += 1.0
+            laplacian[i, j] -= 1.0
+            laplacian[j, i] -= 1.0
+        kkt = np.block([[laplacian, self.weights.T], [self.weights, np.zeros((n_beads, n_beads))]])
+        rhs = np.vstack([np.zeros((n_atoms, n_beads)), np.eye(n_beads)])
+        try:
+            return np.linalg.solve(kkt, rhs)[:n_atoms]
+        except np.linalg.LinAlgError as err:
+            raise ValueError("the CG map's beads cannot be moved independently (singular projection)") from err
 
     def to_dict(self) -> dict:
         return {"weights": self.weights.tolist(), "bead_names": self.bead_names}

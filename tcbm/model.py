@@ -29,9 +29,9 @@ class BackmapCVAE(nn.Module):
     (``history=0`` is the frame-based ablation conditioned on CG^t only).  Coordinates in nm,
     centred on the CG^t centroid.
 
-    With ``project_cg`` the decoded coordinates are moved so that their CG map equals the input CG
-    exactly (each atom rigidly with the bead nearest to it in the bond graph, see
-    :meth:`CGMapping.projection`); it needs the system's map, so build such a model with
+    With ``project_cg`` (``'rigid'`` or ``True``: each atom moves with the bead nearest to it in the bond
+    graph; ``'smooth'``: the residuals are spread along the bonds, see :meth:`CGMapping.projection`) the
+    decoded coordinates are moved so that their CG map equals the input CG exactly; it needs the system's map, so build such a model with
     :meth:`for_system`.
 
     With ``conditional_prior`` the latent's prior is learned, p(z | condition), instead of N(0, I): the KL
@@ -41,14 +41,14 @@ class BackmapCVAE(nn.Module):
 
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
                  depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True,
-                 latent_input: bool = False, project_cg: bool = False, conditional_prior: bool = False,
+                 latent_input: bool = False, project_cg: bool | str = False, conditional_prior: bool = False,
                  cg_map: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__()
         if grid.d % 2:
             raise ValueError(f"the decoder halves the grid once: grid.d must be even, got {grid.d}")
         if project_cg and cg_map is None:
             raise ValueError("project_cg needs the system's CG map: build the model with BackmapCVAE.for_system")
-        self.project_cg = project_cg
+        self.project_cg = bool(project_cg)
         if project_cg:  # derived from the system, not saved with the weights
             weights, projection = (torch.as_tensor(a, dtype=torch.float32) for a in cg_map)
             self.register_buffer("cg_weights", weights, persistent=False)
@@ -70,7 +70,8 @@ class BackmapCVAE(nn.Module):
         cg_map = None
         if config.get("project_cg"):
             bonds = np.array([[a.index, b.index] for a, b in system.topology.bonds], dtype=np.int64)
-            cg_map = (system.mapping.weights, system.mapping.projection(bonds))
+            kind = "rigid" if config["project_cg"] is True else config["project_cg"]
+            cg_map = (system.mapping.weights, system.mapping.projection(bonds, kind))
         return cls(system.n_atoms, system.n_beads, grid, cg_map=cg_map, **config)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:

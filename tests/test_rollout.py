@@ -179,13 +179,14 @@ def test_cuda_graph_rollout_equals_eager_rollout(tiny_model, cg_inputs):
             assert np.abs(x - y).max() < 1e-5
 
 
-def test_projected_model_reproduces_the_cg_exactly_and_survives_save_and_load(tmp_path, adp_traj, adp):
+@pytest.mark.parametrize("kind", [True, "smooth"])
+def test_projected_model_reproduces_the_cg_exactly_and_survives_save_and_load(tmp_path, adp_traj, adp, kind):
     from tcbm.artifact import BackmapModel, SeedLibrary
     from tcbm.latent import LatentSampler
     from tcbm.model import BackmapCVAE
 
     grid = VoxelGrid(d=8, r_grid=2.0, sigma=0.2)
-    config = {"latent_dim": 3, "width": 4, "history": 1, "project_cg": True}
+    config = {"latent_dim": 3, "width": 4, "history": 1, "project_cg": kind}
     with pytest.raises(ValueError, match="for_system"):
         BackmapCVAE(adp.n_atoms, adp.n_beads, grid, **config)
     torch.manual_seed(0)

@@ -108,3 +108,29 @@ def test_cg_projection_needs_every_atom_bonded_to_a_bead(adp):
     h1 = 0  # ACE H1: drop its bond, so it is connected to nothing
     with pytest.raises(ValueError, match=r"atoms \[0\] are bonded to no CG bead"):
         adp.mapping.projection(bonds[(bonds != h1).all(axis=1)])
+
+
+def test_smooth_cg_projection_is_exact_translates_rigidly_and_strains_less_than_the_rigid_one(adp):
+    bonds = _bonds(adp.topology)
+    smooth, rigid = (adp.mapping.projection(bonds, kind) for kind in ("smooth", "rigid"))
+    rng = np.random.default_rng(1)
+    xyz = adp.reference_xyz + rng.normal(0, 0.02, (22, 3))
+    residual = rng.normal(0, 0.05, (adp.n_beads, 3))
+    np.testing.assert_allclose(adp.mapping(xyz + smooth @ residual), adp.mapping(xyz) + residual, atol=1e-9)
+    shift = np.array([0.3, -0.1, 0.2])  # the same residual on every bead: a rigid translation, no strain
+    np.testing.assert_allclose(smooth @ np.tile(shift, (adp.n_beads, 1)), np.tile(shift, (22, 1)), atol=1e-9)
+    neighbours = [[] for _ in range(22)]
+    for a, b in bonds:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    pairs = {tuple(sorted((i, j))) for i in range(22) for j in neighbours[i]}
+    pairs |= {tuple(sorted((a, b))) for i in range(22) for a in neighbours[i] for b in neighbours[i] if a != b}
+    i, j = np.array(sorted(pairs)).T
+
+    def strain(projection):
+        delta = projection @ residual
+        return ((delta[i] - delta[j]) ** 2).sum()
+
+    assert strain(smooth) < 0.9 * strain(rigid)  # the least-strain correction (0.77 of it here)
+    with pytest.raises(ValueError, match="'rigid' or 'smooth'"):
+        adp.mapping.projection(bonds, "elastic")
