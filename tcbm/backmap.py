@@ -57,13 +57,17 @@ def nearest_library_frames(library_cg: torch.Tensor, cg: torch.Tensor, candidate
 
 @dataclass
 class RolloutSettings:
-    """How to roll out: ``samples`` per input, latent source ``'gmm'`` or ``'prior'``, ``seed``,
+    """How to roll out: ``samples`` per input, latent source ``'gmm'`` or ``'prior'`` (the same N(0, I) for a
+    model with a conditional prior, which maps it through p(z | condition)), ``latent_temperature`` (scales
+    the latent draws' spread: 1 samples the fitted distribution, below 1 trades diversity for typical
+    frames, 0 decodes the mean), ``seed``,
     ``batch_size`` (rollouts advanced together), ``chunk_frames`` (frames per disk write), autocast dtype,
     ``cuda_graph`` (replay each step as a captured CUDA graph on GPUs; ignored on CPU) and the optional
     physics ``refinement`` of every frame (off unless ``refinement.steps`` > 0)."""
 
     samples: int = 1
     latent: str = "gmm"
+    latent_temperature: float = 1.0
     seed: int = 0
     batch_size: int = 256
     chunk_frames: int = 256
@@ -75,6 +79,8 @@ class RolloutSettings:
     def __post_init__(self) -> None:
         if self.latent not in ("gmm", "prior"):
             raise ValueError(f"latent must be 'gmm' or 'prior', got {self.latent!r}")
+        if self.latent_temperature < 0:
+            raise ValueError(f"latent_temperature must be >= 0, got {self.latent_temperature}")
         if self.samples < 1 or self.batch_size < 1 or self.chunk_frames < 1:
             raise ValueError("samples, batch_size and chunk_frames must be >= 1, got "
                              f"{self.samples}, {self.batch_size}, {self.chunk_frames}")
@@ -82,7 +88,8 @@ class RolloutSettings:
 
     def fingerprint(self) -> dict:
         """The settings that shape the frames (not batch size, device, graphs or progress bars)."""
-        return {"samples": self.samples, "latent": self.latent, "seed": self.seed, "chunk_frames": self.chunk_frames,
+        return {"samples": self.samples, "latent": self.latent, "latent_temperature": self.latent_temperature,
+                "seed": self.seed, "chunk_frames": self.chunk_frames,
                 "autocast": self.autocast, "refinement": asdict(self.refinement)}
 
 
@@ -166,7 +173,7 @@ class Backmapper:
 
         def latents(start: int, stop: int) -> torch.Tensor:
             # always a full chunk of draws, so a row's latents do not depend on its group's length
-            z = torch.stack([self.sampler.sample(chunk, g) for g in streams.latent])
+            z = torch.stack([self.sampler.sample(chunk, g, self.settings.latent_temperature) for g in streams.latent])
             return z[:, : stop - start].to(self.device, torch.float32)
 
         if previous is None:
@@ -405,7 +412,8 @@ def _write_output(path: Path, frames: np.ndarray, time: np.ndarray, topology: md
 def backmap_files(cfg) -> list[Path]:
     """``tcbm backmap`` from a ``conf/backmap.yaml``-shaped config."""
     check_format(cfg.format)  # settings first: nothing is loaded for a run that cannot write
-    settings = RolloutSettings(samples=cfg.samples, latent=cfg.latent, seed=cfg.seed, batch_size=cfg.batch_size,
+    settings = RolloutSettings(samples=cfg.samples, latent=cfg.latent, latent_temperature=cfg.latent_temperature,
+                               seed=cfg.seed, batch_size=cfg.batch_size,
                                chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, cuda_graph=cfg.cuda_graph,
                                progress=cfg.progress,
                                refinement=RefinementSettings(**OmegaConf.to_container(cfg.refine, resolve=True)))

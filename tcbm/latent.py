@@ -38,11 +38,13 @@ class LatentSampler:
         gmm.fit(np.asarray(posterior_means, dtype=np.float64))
         return cls(gmm.weights_, gmm.means_, gmm.covariances_)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` latent vectors (n, latent_dim), float64 on the CPU, reproducible with ``generator``."""
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """``n`` latent vectors (n, latent_dim), float64 on the CPU, reproducible with ``generator``; the
+        spread about each component's mean is scaled by ``temperature`` (1: the fitted distribution, 0: the
+        component means)."""
         component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.latent_dim, 1, dtype=torch.float64, generator=generator)
-        return self.means[component] + (self.cholesky[component] @ eps)[..., 0]
+        return self.means[component] + temperature * (self.cholesky[component] @ eps)[..., 0]
 
     def to_dict(self) -> dict:
         return {"weights": self.weights.numpy(), "means": self.means.numpy(), "covariances": self.covariances.numpy()}

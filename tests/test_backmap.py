@@ -61,6 +61,10 @@ def test_same_seed_same_output_other_seed_differs(tiny_model, cg_inputs, adp):
     c = Backmapper(tiny_model, RolloutSettings(seed=2, progress=False), "cpu").backmap(cg)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=False))
     assert not np.allclose(a[0], c[0])
+    cold = Backmapper(tiny_model, RolloutSettings(seed=1, latent_temperature=0.0, progress=False), "cpu").backmap(cg)
+    assert not np.allclose(cold[0], a[0])  # temperature 0 decodes the GMM component means instead
+    with pytest.raises(ValueError, match="latent_temperature must be >= 0"):
+        RolloutSettings(latent_temperature=-1.0)
 
 
 def test_batched_equals_one_at_a_time(tiny_model, cg_inputs):

@@ -98,6 +98,11 @@ def test_gmm_sampler_latent_size_and_reproducible():
     assert torch.equal(z, sampler.sample(1000, torch.Generator().manual_seed(1)))
     assert abs((z[:, 0] > 0).double().mean().item() - 0.5) < 0.1  # both modes sampled
     assert LatentSampler.prior(7).sample(3).shape == (3, 7)
+    # temperature scales the spread about the component means: same draws, half the deviation; 0 = means
+    cool = sampler.sample(1000, torch.Generator().manual_seed(1), temperature=0.5)
+    centres = sampler.sample(1000, torch.Generator().manual_seed(1), temperature=0.0)
+    assert set(centres[:, 0].round(decimals=6).tolist()) <= set(sampler.means[:, 0].round(decimals=6).tolist())
+    torch.testing.assert_close(cool - centres, 0.5 * (z - centres))
 
 
 def test_artefact_round_trip_gives_identical_decoder_outputs(tmp_path, adp_traj, adp):
