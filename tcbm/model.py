@@ -31,11 +31,11 @@ class BackmapCVAE(nn.Module):
 
     With ``project_cg`` (``'rigid'`` or ``True``: each atom moves with the bead nearest to it in the bond
     graph; ``'smooth'``: the residuals are spread along the bonds, see :meth:`CGMapping.projection`) the
-    decoded coordinates are moved so that their CG map equals the input CG exactly; it needs the system's map, so build such a model with
-    :meth:`for_system`.
+    decoded coordinates are moved so that their CG map equals the input CG exactly; it needs the system's
+    map, so build such a model with :meth:`for_system`.
 
-    With ``conditional_prior`` the latent's prior is learned, p(z | condition), instead of N(0, I): the KL
-    term is taken against it and rollouts draw ``z`` from it (:meth:`generate`), so that ``z`` can carry
+    With ``conditional_prior`` the latent's prior is learned, p(z | condition) (a second encoder, of the
+    condition alone), instead of N(0, I): the KL term is taken against it and rollouts draw ``z`` from it (:meth:`generate`), so that ``z`` can carry
     the choices the condition leaves open (e.g. a methyl rotor hopping) without being drawn from an
     aggregate that ignores the condition."""
 
@@ -57,7 +57,9 @@ class BackmapCVAE(nn.Module):
         self.latent_dim, self.channels_last, self.conditional_prior = latent_dim, channels_last, conditional_prior
         cond_channels = n_beads + history * n_atoms
         self.encoder = Encoder(n_atoms + cond_channels, latent_dim, width, depth)
-        self.decoder = Decoder(cond_channels, n_atoms, latent_dim, width, depth, latent_input, conditional_prior)
+        self.decoder = Decoder(cond_channels, n_atoms, latent_dim, width, depth, latent_input)
+        # p(z | condition): an encoder of the condition alone (Sohn et al. 2015)
+        self.prior = Encoder(cond_channels, latent_dim, width, depth) if conditional_prior else None
         # log-width (nm) of the Gaussian prior centred on each atom's previous position
         self.previous_prior = previous_prior and history > 0
         self.log_prior_width = nn.Parameter(torch.tensor(float(np.log(0.1)))) if self.previous_prior else None
@@ -96,9 +98,12 @@ class BackmapCVAE(nn.Module):
         p = -0.5 * ((aa_prev[:, 0].unsqueeze(-1) - axis) / width) ** 2  # (B, N, 3, d)
         return p[..., 0, :, None, None] + p[..., 1, None, :, None] + p[..., 2, None, None, :]
 
-    def _read_out(self, logits: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = logits.float()
+    def decode(self, cond: torch.Tensor, z: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom densities (B, N, d, d, d), normalised to sum 1 per atom, and the coordinates (B, N, 3): the
+        densities' mean positions, projected onto the CG ``cg`` (B, n, 3) when the model has ``project_cg``.
+        ``aa_prev`` (B, k, N, 3) is needed when the model uses the previous-frame prior."""
+        logits = self.decoder(cond, z.to(cond.dtype)).float()
         if self.previous_prior:
             logits = logits + self.prior_logits(aa_prev.float())
         density = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
@@ -107,23 +112,14 @@ class BackmapCVAE(nn.Module):
             coords = coords + self.cg_projection @ (cg.float() - self.cg_weights @ coords)
         return density, coords
 
-    def decode(self, cond: torch.Tensor, z: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom densities (B, N, d, d, d), normalised to sum 1 per atom, and the coordinates (B, N, 3): the
-        densities' mean positions, projected onto the CG ``cg`` (B, n, 3) when the model has ``project_cg``.
-        ``aa_prev`` (B, k, N, 3) is needed when the model uses the previous-frame prior."""
-        return self._read_out(self.decoder(cond, z.to(cond.dtype)), cg, aa_prev)
-
     def generate(self, cond: torch.Tensor, noise: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`decode` at inference: ``noise`` (B, latent) is ``z`` itself for a model with the N(0, I)
         prior, and the standard-normal draw mapped through p(z | condition) for a ``conditional_prior`` one."""
-        if not self.conditional_prior:
-            return self.decode(cond, noise, cg, aa_prev)
-        features = self.decoder.features(cond)
-        mean, log_var = self.decoder.prior(features)
-        z = mean + noise.float() * (0.5 * log_var).exp()
-        return self._read_out(self.decoder.logits(features, z), cg, aa_prev)
+        if self.conditional_prior:
+            mean, log_var = (x.float() for x in self.prior(cond))
+            noise = mean + noise.float() * (0.5 * log_var).exp()
+        return self.decode(cond, noise, cg, aa_prev)
 
     def forward(self, aa: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor, sample: bool = True
                 ) -> Reconstruction:
@@ -131,10 +127,9 @@ class BackmapCVAE(nn.Module):
         cond = self.condition(cg, aa_prev)
         mean, log_var = self.encode(aa, cond)
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if sample else mean
-        features = self.decoder.features(cond, z.to(cond.dtype))
         if self.conditional_prior:
-            prior_mean, prior_log_var = self.decoder.prior(features)
+            prior_mean, prior_log_var = self.prior(cond)
         else:
             prior_mean, prior_log_var = torch.zeros_like(mean), torch.zeros_like(log_var)
-        density, coords = self._read_out(self.decoder.logits(features, z), cg, aa_prev)
+        density, coords = self.decode(cond, z, cg, aa_prev)
         return Reconstruction(density, coords, mean, log_var, prior_mean, prior_log_var)

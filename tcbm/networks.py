@@ -63,50 +63,28 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Condition [VOX(CG^t) ‖ VOX(AA^{t-1..t-k})] and ``z`` → per-atom density logits (B, N, d, d, d).
     ``z`` is added to the half-resolution features; with ``latent_input`` it also enters the first
-    convolution as ``latent_dim`` constant channels, so every stage can condition on it.
-
-    With ``conditional_prior`` a linear head on the pooled half-resolution condition features gives the
-    mean and log-variance of a learned prior p(z | condition) (Sohn et al. 2015), at little extra cost:
-    the features are computed once for the prior and the decoding."""
+    convolution as ``latent_dim`` constant channels, so every stage can condition on it."""
 
     def __init__(self, cond_channels: int, n_atoms: int, latent_dim: int, width: int = 32, depth: int = 1,
-                 latent_input: bool = False, conditional_prior: bool = False) -> None:
+                 latent_input: bool = False) -> None:
         super().__init__()
-        if latent_input and conditional_prior:
-            raise ValueError("latent_input and conditional_prior exclude each other: the prior is computed from "
-                             "condition features that must not depend on z")
         self.latent_input = latent_input
         self.stem = nn.Sequential(_stem(cond_channels + (latent_dim if latent_input else 0), width),
                                   _stage(width, depth))
         self.down = nn.Sequential(_down(width, 2 * width), _stage(2 * width, depth))
-        self.prior_head = (nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2 * width, 2 * latent_dim))
-                           if conditional_prior else None)
         self.inject = nn.Linear(latent_dim, 2 * width)
         self.middle = _stage(2 * width, max(depth, 1))
         self.up = nn.ConvTranspose3d(2 * width, width, 2, stride=2)
         self.fuse = nn.Sequential(_stem(2 * width, width), _stage(width, depth))
         self.out = nn.Conv3d(width, n_atoms, 3, padding=1)
 
-    def features(self, cond: torch.Tensor, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full- and half-resolution features of the condition (``z`` only with ``latent_input``)."""
+    def forward(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if self.latent_input:
             cond = torch.cat([cond, z[:, :, None, None, None].expand(-1, -1, *cond.shape[2:]).to(cond.dtype)], dim=1)
         skip = self.stem(cond)
-        return skip, self.down(skip)
-
-    def prior(self, features: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance (B, latent) of the conditional prior from :meth:`features`."""
-        mean, log_var = self.prior_head(features[1]).float().chunk(2, dim=-1)
-        return mean, log_var.clamp(-12.0, 8.0)
-
-    def logits(self, features: tuple[torch.Tensor, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        """Density logits from :meth:`features` and ``z``."""
-        skip, h = features
-        h = self.middle(h + self.inject(z.to(h.dtype))[:, :, None, None, None])
+        h = self.down(skip)
+        h = self.middle(h + self.inject(z)[:, :, None, None, None])
         h = self.fuse(torch.cat([self.up(h), skip], dim=1))
         # the logits feed a softmax whose mean is the coordinate: low precision here costs 0.01-0.05 nm
         with torch.autocast(h.device.type, enabled=False):
             return self.out(h.float())
-
-    def forward(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.features(cond, z), z)
