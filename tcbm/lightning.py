@@ -17,7 +17,7 @@ from tcbm.stereo import stereocentres
 from tcbm.systems import MolecularSystem
 from tcbm.voxels import VoxelGrid
 
-DEFAULT_WEIGHTS = {"vox": 1.0, "aa": 100.0, "cg": 100.0, "edm": 100.0, "chirality": 0.0}
+DEFAULT_WEIGHTS = {"vox": 1.0, "aa": 100.0, "cg": 100.0, "edm": 100.0, "chirality": 0.0, "prior": 1.0}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -68,8 +68,15 @@ class CVAEModule(pl.LightningModule):
             "aa": losses.aa_loss(coords, aa),
             "cg": losses.cg_loss(coords, cg, self.system.mapping),
             "edm": losses.edm_loss(coords, aa),
-            "kl": losses.kl_loss(out.mean, out.log_var, self.hparams.free_bits, **prior),
         }
+        if self.model.conditional_prior:
+            # the encoder is held to the prior with weight β; the prior fits the posterior at full weight
+            # (a maximum-likelihood fit that trades off nothing), so rollouts draw z it has learnt
+            terms["kl"] = losses.kl_loss(out.mean, out.log_var, self.hparams.free_bits,
+                                         **{k: v.detach() for k, v in prior.items()})
+            terms["prior"] = losses.kl_loss(out.mean.detach(), out.log_var.detach(), 0.0, **prior)
+        else:
+            terms["kl"] = losses.kl_loss(out.mean, out.log_var, self.hparams.free_bits)
         if len(self.stereocentres):
             terms["chirality"] = losses.chirality_loss(coords, aa, self.stereocentres)
         lam = self.energy_weight(self.global_step)
@@ -81,7 +88,7 @@ class CVAEModule(pl.LightningModule):
         return terms, coords, diagnostics
 
     def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = sum(self.weights[k] * terms[k] for k in ("vox", "aa", "cg", "edm", "chirality") if k in terms)
+        total = sum(self.weights[k] * terms[k] for k in ("vox", "aa", "cg", "edm", "chirality", "prior") if k in terms)
         total = total + self.kl_weight(self.global_step) * terms["kl"]
         if "energy" in terms:
             total = total + self.energy_weight(self.global_step) * terms["energy"]
