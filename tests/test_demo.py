@@ -24,7 +24,8 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
         refined = json.loads((tmp_path / "backmapped_model_history1_refined2" / "test.json").read_text())
         plain = json.loads((tmp_path / "backmapped_model_history1" / "test.json").read_text())
         assert refined["refinement_steps"] == 2 and plain["refinement_steps"] == 0
-        assert refined["cg_rmsd_nm"] < 1e-4 < plain["cg_rmsd_nm"]  # refinement puts the frames on the CG
+        # the default CG projection puts every frame on the CG, and refinement keeps it there
+        assert refined["cg_rmsd_nm"] < 1e-4 and plain["cg_rmsd_nm"] < 1e-4
         assert metrics["datasets"]["tcbm"]["frames"] == 40
         assert "![Free-energy surfaces](fes.png)" in report.read_text()
         stamp = (tmp_path / "model_history1" / "model.pt").stat().st_mtime
