@@ -35,9 +35,9 @@ class BackmapCVAE(nn.Module):
     map, so build such a model with :meth:`for_system`.
 
     With ``conditional_prior`` the latent's prior is learned, p(z | condition) (a second encoder, of the
-    condition alone), instead of N(0, I): the KL term is taken against it and rollouts draw ``z`` from it (:meth:`generate`), so that ``z`` can carry
-    the choices the condition leaves open (e.g. a methyl rotor hopping) without being drawn from an
-    aggregate that ignores the condition."""
+    condition alone), instead of N(0, I): the KL term is taken against it and rollouts draw ``z`` from it
+    (:meth:`generate`), so that ``z`` can carry the choices the condition leaves open (e.g. a methyl rotor
+    hopping) without being drawn from an aggregate that ignores the condition."""
 
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
                  depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True,

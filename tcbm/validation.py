@@ -96,7 +96,8 @@ class RolloutValidation(pl.Callback):
 
     def rollout(self, pl_module: pl.LightningModule) -> tuple[BackmapModel, np.ndarray]:
         """The in-memory artefact of the current weights of ``pl_module`` (a :class:`~tcbm.lightning.CVAEModule`)
-        with its latent sampler fitted now, and its rollouts (W, T, N, 3) of the windows, as ``tcbm backmap`` makes them."""
+        with its latent sampler fitted now, and its rollouts (W, T, N, 3) of the windows, as ``tcbm backmap``
+        makes them."""
         s = self.settings
         network, system = pl_module.model, pl_module.system
         sampler = fit_sampler(network, self.posterior_set, s.gmm_samples, 256, s.gmm_components, s.seed, progress=False)
