@@ -29,8 +29,8 @@ from hydra import initialize_config_module
 from tcbm.analysis.observables import potential_energies, rotor_autocorrelations
 from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings, backmap_paths
-from tcbm.demo import train_model
 from tcbm.energy import MMEnergy, bonded_pairs
+from tcbm.pipeline import train_model
 from tcbm.validation import rollout_scores
 
 LAGS_PS = [1.0, 20.0, 100.0]

@@ -24,8 +24,8 @@ from hydra import initialize_config_module
 
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
 from tcbm.backmap import RolloutSettings
-from tcbm.benchmark import results_page, simulate_runs, target_row, train_models
-from tcbm.demo import backmap_with_baseline
+from tcbm.benchmark import results_page, target_row
+from tcbm.pipeline import backmap_with_baseline, simulate_runs, train_models
 from tcbm.systems import load_system
 
 TEMPERATURE_K = 350.0

@@ -1,6 +1,5 @@
-"""Steps shared by the quality benchmarks (``scripts/benchmark_adp.py``, ``scripts/benchmark_cln.py``): seeded
-simulations, both cVAEs trained on them, the held-out runs backmapped with the nearest-neighbour baseline
-alongside, and the committed results page."""
+"""The committed results page of the quality benchmarks (``scripts/benchmark_adp.py``,
+``scripts/benchmark_cln.py``); their stages are in :mod:`tcbm.pipeline`."""
 
 from __future__ import annotations
 
@@ -8,39 +7,12 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from tcbm.analysis.report import metrics_table
-from tcbm.artifact import BackmapModel
-from tcbm.demo import MODELS, train_model
-from tcbm.simulate import simulate
-from tcbm.systems import MolecularSystem
 
 FIGURES = ("energy", "velocity", "fes", "timescales", "eigenvector_similarity", "bond_lengths")
-
-
-def simulate_runs(system: MolecularSystem, data: Path, name: str, lengths_ps: Sequence[float], seed: int,
-                  restraints: Sequence[list[dict]] | None = None, **settings) -> list[Path]:
-    """Independent runs ``<name>_<k>`` of ``lengths_ps[k]`` ps (seed ``seed + k``; start restraints
-    ``restraints[k]`` if given), cached in ``data``: a run already there with the same settings is reused."""
-    return [simulate(system, data, f"{name}_{k}", length_ps=length, seed=seed + k,
-                     start_restraints=list(restraints[k]) if restraints else [], **settings)
-            for k, length in enumerate(lengths_ps)]
-
-
-def train_models(out: Path, experiment: str, trajectories: Sequence[Path], overrides: list[str]
-                 ) -> tuple[dict[str, Path], dict[str, float]]:
-    """tcbm and the frame-based cVAE (:data:`tcbm.demo.MODELS`) trained with ``experiment`` into
-    ``out/history<k>``; returns the artefacts by label and their training wall times and steps."""
-    paths, timings = {}, {}
-    for label, history in MODELS.items():
-        paths[label] = train_model(out / f"history{history}", experiment, history, trajectories, overrides)
-        metadata = BackmapModel.load(paths[label]).metadata
-        timings[f"train_wall_s[{label}]"] = metadata["train_wall_s"]
-        timings[f"train_steps[{label}]"] = metadata["steps"]
-    return paths, timings
 
 
 def results_page(title: str, data: str, metrics: dict, targets: list[str], timings: dict[str, float],

@@ -12,94 +12,21 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
-import mdtraj as md
-import numpy as np
 import torch
-from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from tcbm.analysis.baselines import NearestNeighbourBackmapper
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
-from tcbm.artifact import BackmapModel
-from tcbm.backmap import RolloutSettings, backmap_paths
-from tcbm.fingerprint import differences
+from tcbm.backmap import RolloutSettings
+from tcbm.pipeline import MODELS, backmap_with_baseline, train_model
 from tcbm.refine import RefinementSettings
 from tcbm.simulate import simulate
 from tcbm.systems import load_system
-from tcbm.training import train, training_fingerprint
-
-MODELS = {"tcbm": 1, "frame-based cVAE": 0}  # label -> history
 
 
 def _stage(name: str) -> None:
     print(f"\n=== {name} ===", flush=True)
-
-
-def train_model(out: Path, experiment: str, history: int, trajectories: Path | Sequence[Path], overrides: list[str],
-                force: bool = False) -> Path:
-    """Train ``out/model.pt`` with ``tcbm train experiment=<experiment>`` on one or several trajectories, or
-    reuse it when it was trained with the same config and data (its fingerprint); otherwise ``out`` is
-    trained afresh."""
-    artefact = out / "model.pt"
-    listed = [trajectories] if isinstance(trajectories, (str, Path)) else list(trajectories)
-    data = str(listed[0]) if len(listed) == 1 else "[" + ",".join(str(p) for p in listed) + "]"
-    cfg = compose("train", overrides=[f"experiment={experiment}", f"data.trajectories={data}",
-                                      f"model.network.history={history}", *overrides])
-    OmegaConf.set_struct(cfg, False)
-    cfg.out = str(out)
-    if artefact.exists() and not force:
-        why = differences(BackmapModel.load(artefact).metadata.get("fingerprint"), training_fingerprint(cfg))
-        if not why:
-            print(f"reusing {artefact}")
-            return artefact
-        print(f"retraining {artefact}: {'; '.join(why)}")
-    if out.exists():
-        shutil.rmtree(out)  # no checkpoints or logs of another training left behind
-    return train(cfg)
-
-
-def refined_label(label: str, refinement: RefinementSettings) -> str:
-    """How a refined data set is labelled in reports: never mistaken for the model's own output."""
-    return f"{label} + refinement ({refinement.steps} steps)"
-
-
-def backmap_with_baseline(model_paths: dict[str, Path], test_xtcs: Sequence[Path], topology: Path, out: Path,
-                          settings: RolloutSettings, device: str, refine: str | None = None
-                          ) -> tuple[list[md.Trajectory], dict[str, list[md.Trajectory]], dict[str, float]]:
-    """Backmap the all-atom held-out runs ``test_xtcs`` (mapped to CG first) with every model into
-    ``out/backmapped_<model folder>``, and with the nearest-neighbour baseline built from the first
-    model's library.  With ``settings.refinement.steps`` > 0 the model labelled ``refine`` is backmapped
-    once more with the physics refinement (``out/backmapped_<model folder>_refined<steps>``), as a data set
-    of its own (:func:`refined_label`); the others are never refined.  Returns the reference runs, the data
-    sets by label (one trajectory per run), and frames/s and CG-consistency RMSD (nm, mean over runs) per
-    label, as measured when each was backmapped."""
-    reference = [md.load(str(path), top=str(topology)) for path in test_xtcs]
-    plain = replace(settings, refinement=RefinementSettings())
-    runs = [(label, path, plain, f"backmapped_{path.parent.name}") for label, path in model_paths.items()]
-    if settings.refinement.steps and refine in model_paths:
-        runs.append((refined_label(refine, settings.refinement), model_paths[refine], settings,
-                     f"backmapped_{model_paths[refine].parent.name}_refined{settings.refinement.steps}"))
-    models = {path: BackmapModel.load(path) for path in model_paths.values()}  # each file read once
-    datasets, timings = {}, {}
-    for label, path, run_settings, folder in runs:
-        results = backmap_paths(models[path], list(test_xtcs), out / folder, run_settings, input_is_aa=True,
-                                device=device)
-        summaries = [json.loads(result.with_suffix(".json").read_text()) for result in results]
-        timings[f"backmap_frames_per_s[{label}]"] = summaries[0]["group_frames_per_s"]
-        timings[f"cg_rmsd_nm[{label}]"] = float(np.mean([s["cg_rmsd_nm"] for s in summaries]))
-        datasets[label] = [md.load(str(result), top=str(topology)) for result in results]
-    first = models[next(iter(model_paths.values()))]
-    baseline = NearestNeighbourBackmapper(first.library.cg, first.library.aa)
-    started = time.perf_counter()
-    datasets["nearest-neighbour"] = [md.Trajectory(baseline.backmap(first.system.mapping(r.xyz)), r.topology,
-                                                   time=r.time) for r in reference]
-    frames = sum(r.n_frames for r in reference)
-    timings["backmap_frames_per_s[nearest-neighbour]"] = frames / (time.perf_counter() - started)
-    return reference, datasets, timings
 
 
 def run_demo(cfg: DictConfig) -> Path:
