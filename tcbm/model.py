@@ -41,7 +41,8 @@ class BackmapCVAE(nn.Module):
 
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
                  depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True,
-                 latent_input: bool = False, project_cg: bool | str = False, conditional_prior: bool = False,
+                 latent_input: bool = False, output_skip: bool = False, project_cg: bool | str = False,
+                 conditional_prior: bool = False,
                  cg_map: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__()
         if grid.d % 2:
@@ -57,7 +58,7 @@ class BackmapCVAE(nn.Module):
         self.latent_dim, self.channels_last, self.conditional_prior = latent_dim, channels_last, conditional_prior
         cond_channels = n_beads + history * n_atoms
         self.encoder = Encoder(n_atoms + cond_channels, latent_dim, width, depth)
-        self.decoder = Decoder(cond_channels, n_atoms, latent_dim, width, depth, latent_input)
+        self.decoder = Decoder(cond_channels, n_atoms, latent_dim, width, depth, latent_input, output_skip)
         # p(z | condition): an encoder of the condition alone (Sohn et al. 2015)
         self.prior = Encoder(cond_channels, latent_dim, width, depth) if conditional_prior else None
         # log-width (nm) of the Gaussian prior centred on each atom's previous position

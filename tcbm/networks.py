@@ -63,12 +63,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Condition [VOX(CG^t) ‖ VOX(AA^{t-1..t-k})] and ``z`` → per-atom density logits (B, N, d, d, d).
     ``z`` is added to the half-resolution features; with ``latent_input`` it also enters the first
-    convolution as ``latent_dim`` constant channels, so every stage can condition on it."""
+    convolution as ``latent_dim`` constant channels, so every stage can condition on it.  With
+    ``output_skip`` the condition's channels also enter the output convolution, so that each atom's previous
+    density reaches its own output channel directly instead of through ``width`` shared channels."""
 
     def __init__(self, cond_channels: int, n_atoms: int, latent_dim: int, width: int = 32, depth: int = 1,
-                 latent_input: bool = False) -> None:
+                 latent_input: bool = False, output_skip: bool = False) -> None:
         super().__init__()
-        self.latent_input = latent_input
+        self.latent_input, self.output_skip = latent_input, output_skip
         self.stem = nn.Sequential(_stem(cond_channels + (latent_dim if latent_input else 0), width),
                                   _stage(width, depth))
         self.down = nn.Sequential(_down(width, 2 * width), _stage(2 * width, depth))
@@ -76,15 +78,18 @@ class Decoder(nn.Module):
         self.middle = _stage(2 * width, max(depth, 1))
         self.up = nn.ConvTranspose3d(2 * width, width, 2, stride=2)
         self.fuse = nn.Sequential(_stem(2 * width, width), _stage(width, depth))
-        self.out = nn.Conv3d(width, n_atoms, 3, padding=1)
+        self.out = nn.Conv3d(width + (cond_channels if output_skip else 0), n_atoms, 3, padding=1)
 
     def forward(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        inputs = cond
         if self.latent_input:
-            cond = torch.cat([cond, z[:, :, None, None, None].expand(-1, -1, *cond.shape[2:]).to(cond.dtype)], dim=1)
-        skip = self.stem(cond)
+            inputs = torch.cat([cond, z[:, :, None, None, None].expand(-1, -1, *cond.shape[2:]).to(cond.dtype)], 1)
+        skip = self.stem(inputs)
         h = self.down(skip)
         h = self.middle(h + self.inject(z)[:, :, None, None, None])
         h = self.fuse(torch.cat([self.up(h), skip], dim=1))
+        if self.output_skip:
+            h = torch.cat([h, cond], dim=1)
         # the logits feed a softmax whose mean is the coordinate: low precision here costs 0.01-0.05 nm
         with torch.autocast(h.device.type, enabled=False):
             return self.out(h.float())

@@ -245,3 +245,23 @@ def test_conditional_prior_maps_standard_normal_draws_through_p_z_given_conditio
     assert module.kl_weight(0) == 0.0
     module.training_step(batch_of(adp_traj, adp, n=4), 0).backward()
     assert model.prior.head.weight.grad.abs().sum() > 0  # the prior fits the posterior even while β is 0
+
+
+def test_output_skip_routes_each_atoms_previous_position_to_its_own_output(adp_traj, adp):
+    from tcbm.model import BackmapCVAE
+
+    torch.manual_seed(0)
+    model = BackmapCVAE(adp.n_atoms, adp.n_beads, VoxelGrid(d=12, r_grid=2.0, sigma=0.12), latent_dim=4, width=8,
+                        history=1, previous_prior=False, output_skip=True)
+    batch = batch_of(adp_traj, adp, n=1, augment=False)
+    with torch.no_grad():  # the output convolution reads only the previous frame's channels, atom i -> atom i
+        model.decoder.out.weight.zero_()
+        for i in range(adp.n_atoms):
+            model.decoder.out.weight[i, 8 + adp.n_beads + i, 1, 1, 1] = 20.0
+        moved = batch["aa_prev"].clone()
+        moved[0, 0, 5, 0] += 0.3  # atom 5 of the previous frame, 0.3 nm along x
+        decoded = [model.decode(model.condition(batch["cg"], prev), torch.zeros(1, 4), batch["cg"])[1]
+                   for prev in (batch["aa_prev"], moved)]
+    shift = decoded[1] - decoded[0]
+    assert shift[0, 5, 0] > 0.05  # atom 5 follows its previous position
+    assert shift[0, torch.arange(adp.n_atoms) != 5].abs().max() < 1e-5  # and no other atom moves
