@@ -4,7 +4,7 @@ baseline, on a held-out alanine-dipeptide trajectory.
     python scripts/benchmark_adp.py --out benchmarks/adp
 
 Simulates (cached) a training and a held-out trajectory with fixed seeds (1 ps frames), trains both
-cVAEs with `experiment=adp_benchmark` under a wall-clock budget, backmaps the held-out CG trajectory
+cVAEs with `experiment=adp_benchmark` (a fixed number of steps), backmaps the held-out CG trajectory
 autoregressively, evaluates everything against the held-out reference and writes
 ``<out>/results.md`` (table, targets, timings, figures) and ``<out>/metrics.json``.
 Models, data and backmapped trajectories go to ``<out>/data`` and ``<out>/runs`` (not committed).
