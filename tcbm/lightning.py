@@ -17,8 +17,7 @@ from tcbm.stereo import stereocentres
 from tcbm.systems import MolecularSystem
 from tcbm.voxels import VoxelGrid
 
-DEFAULT_WEIGHTS = {"vox": 1.0, "aa": 100.0, "cg": 100.0, "edm": 100.0, "chirality": 0.0, "prior": 1.0,
-                   "sampled_energy": 0.0}
+DEFAULT_WEIGHTS = {"vox": 1.0, "aa": 100.0, "cg": 100.0, "edm": 100.0, "chirality": 0.0, "prior": 1.0}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,11 +82,6 @@ class CVAEModule(pl.LightningModule):
         lam = self.energy_weight(self.global_step)
         if lam > 0:
             terms["energy"] = losses.energy_loss(coords, aa, self.energy, self.hparams.temperature)
-        if lam > 0 and self.weights["sampled_energy"] > 0:
-            # the frame a rollout would make here: the shared step with z drawn from the prior, not the posterior
-            sampled = step(self.model, cg, batch["aa_prev"][:, : self.model.history],
-                           torch.randn_like(out.mean))
-            terms["sampled_energy"] = losses.energy_loss(sampled, aa, self.energy, self.hparams.temperature)
         with torch.no_grad():
             diagnostics = {"kl_nats": losses.kl_loss(out.mean, out.log_var, **prior),
                            "active_units": losses.active_units(out.mean, **prior).float()}
@@ -98,9 +92,6 @@ class CVAEModule(pl.LightningModule):
         total = total + self.kl_weight(self.global_step) * terms["kl"]
         if "energy" in terms:
             total = total + self.energy_weight(self.global_step) * terms["energy"]
-        if "sampled_energy" in terms:
-            total = total + self.energy_weight(self.global_step) * self.weights["sampled_energy"] * terms[
-                "sampled_energy"]
         return total
 
     @torch.no_grad()

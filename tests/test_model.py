@@ -54,26 +54,6 @@ def test_all_loss_terms_have_gradients(adp_traj, adp):
         assert grads and sum(grads) > 0, name
 
 
-def test_sampled_energy_scores_the_rollout_step_with_a_prior_draw(adp_traj, adp):
-    from tcbm.losses import energy_loss
-    from tcbm.rollout import step
-
-    module = make_module(adp, weights={"sampled_energy": 1.0})
-    module.energy_weight = EnergyWeight(final=1.0, warmup_steps=-10, tau_steps=1.0)  # λ > 0 at step 0
-    batch = batch_of(adp_traj, adp, augment=False)
-    torch.manual_seed(3)
-    terms = module._terms(batch, sample=False)[0]  # the prior draw is the only random number drawn
-    torch.manual_seed(3)
-    frame = step(module.model, batch["cg"], batch["aa_prev"], torch.randn(8, 4))
-    assert torch.allclose(terms["sampled_energy"], energy_loss(frame, batch["aa"], module.energy, 300.0))
-    module.zero_grad()
-    terms["sampled_energy"].backward()
-    assert all(p.grad is None for p in module.model.encoder.parameters())  # z is drawn, not encoded
-    assert sum(p.grad.abs().sum() for p in module.model.decoder.parameters()) > 0
-    module.weights["sampled_energy"] = 0.0  # the default
-    assert set(module._terms(batch, sample=False)[0]) == {"vox", "aa", "cg", "edm", "energy", "kl", "chirality"}
-
-
 @pytest.mark.parametrize("history", [0, 2])
 def test_history_variants_train_a_step(adp_traj, adp, history):
     module = make_module(adp, history=history)
