@@ -50,6 +50,14 @@ def last_logged(run: Path, key: str) -> float | None:
     return values[-1] if values else None
 
 
+def no_hop_fraction(reference: md.Trajectory) -> dict[str, float]:
+    """Per methyl rotor, the fraction of consecutive frame pairs of ``reference`` without a rotamer hop."""
+    quads = methyl_rotors(reference.topology)
+    angles = md.compute_dihedrals(reference, np.array(list(quads.values())))
+    states = rotamer_states(angles, rotor_phases(angles))
+    return {name: float(kept) for name, kept in zip(quads, (states[1:] == states[:-1]).mean(axis=0))}
+
+
 @torch.inference_mode()
 def one_step_rotamers(model: BackmapModel, reference: md.Trajectory, seed: int = 0, batch: int = 256
                       ) -> dict[str, float]:
@@ -101,7 +109,8 @@ def main() -> None:
                f"{torch.get_num_threads()} threads, torch {torch.__version__}", "steps": args.steps,
                "data": {name: json.loads((data / f"{name}_settings.json").read_text()) for name in ("train", "test")
                         if (data / f"{name}_settings.json").exists()},
-               "reference": {"rotor_autocorrelation": rotor_autocorrelations(reference, LAGS_PS, dt_ps)},
+               "reference": {"rotor_autocorrelation": rotor_autocorrelations(reference, LAGS_PS, dt_ps),
+                             "no_hop_fraction": no_hop_fraction(reference)},
                "variants": {}}
     with initialize_config_module("tcbm.conf", version_base="1.3"):
         for spec in args.variant:
@@ -133,23 +142,27 @@ def table(results: dict) -> str:
     rotors = list(ref)
     head = ("| variant | energy W1 (kJ/mol) | median abs dU (kJ/mol) | dU drift (kJ/mol) | bond MAE (nm) | "
             "CG RMSD (nm) | frames > +200 kJ/mol | weights step | KL (nats) | active units | "
-            + " | ".join(f"{r} <cos dphi> 1/20/100 ps" for r in rotors) + " |")
+            + " | ".join(f"{r} <cos dphi> 1/20/100 ps" for r in rotors) + " | one-step rotamers "
+            + " / ".join(rotors) + " |")
     data = "; ".join(f"{name} {d['length_ps'] / 1000:g} ns (seed {d['seed']}, {d['implicit_solvent']}, "
                      f"{d['save_interval_ps']:g} ps frames)" for name, d in results.get("data", {}).items())
     lines = [f"Command: `{results['command']}`", f"Machine: {results['machine']}", f"Data: {data}",
              f"Training: `experiment=adp_quick`, {results['steps']} steps per variant", "", head,
-             "|" + "---|" * (10 + len(rotors))]
+             "|" + "---|" * (11 + len(rotors))]
 
     def rot(values: dict) -> str:
         return " | ".join("/".join(f"{v:.2f}" for v in values.get(r, [])) for r in rotors)
 
-    lines.append("| reference |  |  |  |  |  |  |  |  |  | " + rot(ref) + " |")
+    no_hop = results["reference"].get("no_hop_fraction", {})
+    lines.append("| reference |  |  |  |  |  |  |  |  |  | " + rot(ref) + " | "
+                 + " / ".join(f"{no_hop[r]:.2f}" for r in rotors if r in no_hop) + " (no-hop fraction) |")
     for label, e in results["variants"].items():
         fmt = (lambda v, f: "" if v is None else f.format(v))  # noqa: E731
         lines.append(f"| {label} | {e['energy_w1_kJmol']:.1f} | {e['energy_median_abs_diff_kJmol']:.1f} | "
                      f"{e['energy_drift_kJmol']:.1f} | {e['bond_mae_nm']:.4f} | {e['cg_rmsd_nm']:.4f} | "
                      f"{e['frames_over_200_kJmol']} | {e['weights_step']} | {fmt(e['kl_nats'], '{:.3f}')} | "
-                     f"{fmt(e['active_units'], '{:.0f}')} | {rot(e['rotor_autocorrelation'])} |")
+                     f"{fmt(e['active_units'], '{:.0f}')} | {rot(e['rotor_autocorrelation'])} | "
+                     + " / ".join(f"{v:.2f}" for v in e.get("one_step_rotamers", {}).values()) + " |")
     return "\n".join(lines) + "\n"
 
 
