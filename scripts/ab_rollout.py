@@ -27,6 +27,7 @@ import torch
 from hydra import initialize_config_module
 
 from tcbm.analysis.observables import (
+    hop_rates,
     methyl_rotors,
     potential_energies,
     rotamer_states,
@@ -35,6 +36,7 @@ from tcbm.analysis.observables import (
 )
 from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings, backmap_paths
+from tcbm.data import TripleDataset
 from tcbm.energy import MMEnergy, bonded_pairs
 from tcbm.pipeline import train_model
 from tcbm.rollout import step
@@ -54,8 +56,7 @@ def no_hop_fraction(reference: md.Trajectory) -> dict[str, float]:
     """Per methyl rotor, the fraction of consecutive frame pairs of ``reference`` without a rotamer hop."""
     quads = methyl_rotors(reference.topology)
     angles = md.compute_dihedrals(reference, np.array(list(quads.values())))
-    states = rotamer_states(angles, rotor_phases(angles))
-    return {name: float(kept) for name, kept in zip(quads, (states[1:] == states[:-1]).mean(axis=0))}
+    return {name: 1.0 - float(rate) for name, rate in zip(quads, hop_rates(angles, rotor_phases(angles), 1.0))}
 
 
 @torch.inference_mode()
@@ -64,21 +65,21 @@ def one_step_rotamers(model: BackmapModel, reference: md.Trajectory, seed: int =
     """Per methyl rotor, the fraction of held-out frames whose rotamer one shared rollout step (sampler ``z``)
     gets right from the true previous frame.  Chance is 1/3; a model that keeps the previous rotamer scores the
     reference's fraction of frames without a hop; below that, the model does not follow the previous frame."""
-    network, history = model.network, max(model.network.history, 1)
+    network, first = model.network, max(model.network.history, 1)
     quads = methyl_rotors(reference.topology)
     index = np.array(list(quads.values()))
-    phases = rotor_phases(md.compute_dihedrals(reference, index))
-    xyz = torch.as_tensor(reference.xyz)
+    angles = md.compute_dihedrals(reference, index)
+    phases = rotor_phases(angles)
+    triples = TripleDataset(reference.xyz, np.arange(first, reference.n_frames), model.system.mapping,
+                            history=network.history, augment=False)
     generator = torch.Generator().manual_seed(seed)
     frames = []
-    for start in range(history, reference.n_frames, batch):
-        t = torch.arange(start, min(start + batch, reference.n_frames))
-        previous = torch.stack([xyz[t - h] for h in range(1, history + 1)], dim=1)[:, : network.history]
-        z = model.sampler.sample(len(t), generator).float()
-        frames.append(step(network, model.system.mapping(xyz[t]), previous, z))
+    for start in range(0, len(triples), batch):
+        items = triples.__getitems__(range(start, min(start + batch, len(triples))))
+        z = model.sampler.sample(len(items["aa"]), generator).float()
+        frames.append(step(network, items["cg"], items["aa_prev"], z))
     decoded = md.Trajectory(torch.cat(frames).numpy(), reference.topology)
-    right = rotamer_states(md.compute_dihedrals(decoded, index), phases) == rotamer_states(
-        md.compute_dihedrals(reference[history:], index), phases)
+    right = rotamer_states(md.compute_dihedrals(decoded, index), phases) == rotamer_states(angles[first:], phases)
     return {name: float(r) for name, r in zip(quads, right.mean(axis=0))}
 
 
