@@ -3,7 +3,8 @@
     python scripts/ab_rollout.py --data /path/to/data --out benchmarks/ab --steps 1500 \
         --variant "teacher forcing=" --variant "unroll 2=model.unroll.steps=2 model.unroll.start_step=500"
 
-Every variant is ``tcbm train experiment=adp_quick`` on ``<data>/train.xtc`` with its overrides, then
+Every variant is ``tcbm train experiment=adp_quick`` on ``<data>/train.xtc`` with its overrides (``--workers``
+of them at a time, in processes sharing the cores), then
 ``tcbm backmap`` of the CG of ``<data>/test.xtc`` (seed frame from the library, GMM latents, the model's
 own previous frames) and scores against the held-out reference: energy W1 and median |ΔU| (kJ/mol), its
 drift over the rollout, bond-length MAE and CG RMSD (nm), frames more than 200 kJ/mol above the reference's
@@ -38,7 +39,7 @@ from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings, backmap_paths
 from tcbm.data import TripleDataset
 from tcbm.energy import MMEnergy, bonded_pairs
-from tcbm.pipeline import train_model
+from tcbm.pipeline import train_configs, training_config
 from tcbm.rollout import step
 from tcbm.validation import rollout_scores
 
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--variant", action="append", required=True,
                         help="'label=override override ...' (history=0 makes the frame-based cVAE)")
+    parser.add_argument("--workers", type=int, default=1, help="variants trained at a time (tcbm.processes)")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     reference = md.load(str(data / "test.xtc"), top=str(data / "test.pdb"))
@@ -113,6 +115,7 @@ def main() -> None:
                "reference": {"rotor_autocorrelation": rotor_autocorrelations(reference, LAGS_PS, dt_ps),
                              "no_hop_fraction": no_hop_fraction(reference)},
                "variants": {}}
+    variants = {}
     with initialize_config_module("tcbm.conf", version_base="1.3"):
         for spec in args.variant:
             label, _, overrides = spec.partition("=")
@@ -120,21 +123,24 @@ def main() -> None:
             history = 0 if "history=0" in overrides else 1
             overrides = [o for o in overrides if o != "history=0"] + [f"trainer.max_steps={args.steps}"]
             run = out / "runs" / label.replace(" ", "_").replace("/", "-")
-            started = time.perf_counter()
-            path = train_model(run, "adp_quick", history, data / "train.xtc", overrides)
-            train_s = time.perf_counter() - started
-            model = BackmapModel.load(path)
-            result = backmap_paths(model, [data / "test.xtc"], run / "backmapped", RolloutSettings(progress=False),
-                                   input_is_aa=True)[0]
-            rollout = md.load(str(result), top=str(data / "test.pdb"))
-            entry = score(model, rollout, reference, dt_ps)
-            entry.update(overrides=overrides, history=history, train_s=train_s,
-                         weights_step=model.metadata.get("weights_step"),
-                         kl_nats=last_logged(run, "val/kl_nats"), active_units=last_logged(run, "val/active_units"))
-            results["variants"][label] = entry
-            print(label, json.dumps({k: v for k, v in entry.items() if k != "overrides"}), flush=True)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "results.json").write_text(json.dumps(results, indent=1))
+            variants[label] = (run, history, overrides,
+                               training_config(run, "adp_quick", history, data / "train.xtc", overrides))
+    started = time.perf_counter()
+    train_configs([cfg for *_, cfg in variants.values()], args.workers)
+    results["train_stage_wall_s"] = time.perf_counter() - started
+    for label, (run, history, overrides, _) in variants.items():
+        model = BackmapModel.load(run / "model.pt")
+        result = backmap_paths(model, [data / "test.xtc"], run / "backmapped", RolloutSettings(progress=False),
+                               input_is_aa=True)[0]
+        rollout = md.load(str(result), top=str(data / "test.pdb"))
+        entry = score(model, rollout, reference, dt_ps)
+        entry.update(overrides=overrides, history=history, train_s=model.metadata["train_wall_s"],
+                     weights_step=model.metadata.get("weights_step"),
+                     kl_nats=last_logged(run, "val/kl_nats"), active_units=last_logged(run, "val/active_units"))
+        results["variants"][label] = entry
+        print(label, json.dumps({k: v for k, v in entry.items() if k != "overrides"}), flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(table(results))
 
 

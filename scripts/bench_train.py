@@ -87,14 +87,16 @@ def main() -> None:
                         help="time the pushforward unroll (on from step 0); --no-unroll leaves it out")
     parser.add_argument("--data", default=None, help="all-atom ADP trajectory to train on (default: simulate)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.grid.d=8")
     args = parser.parse_args()
     with initialize_config_module("tcbm.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={args.model}"])
+        cfg = compose("train", overrides=[f"model={args.model}", *args.overrides])
     system = load_system("adp")
     history = cfg.model.network.history
     context = history + (cfg.model.unroll.steps if history else 0)
     results = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
                "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
+               "overrides": args.overrides,
                "threads": torch.get_num_threads(), "model": args.model, "batch_size": args.batch_size,
                "precision": args.precision, "num_workers": args.num_workers, "timed_steps": args.steps,
                "energy_term": args.energy, "unroll": args.unroll,

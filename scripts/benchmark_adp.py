@@ -55,12 +55,12 @@ def targets(metrics: dict) -> list[str]:
 ALPHA_L = [{"atoms": [4, 6, 8, 14], "angle_deg": 60.0}, {"atoms": [6, 8, 14, 16], "angle_deg": 40.0}]
 
 
-def simulate_split(system, data: Path, name: str, total_ps: float, runs: int, alpha_l_runs: int, seed: int
-                   ) -> list[Path]:
-    """``runs`` independent trajectories ``<name>_<k>`` of ``total_ps / runs`` ps each (seeds seed + k); the
-    first ``alpha_l_runs`` start in alphaL (restrained during equilibration only)."""
+def simulate_split(system, data: Path, name: str, total_ps: float, runs: int, alpha_l_runs: int, seed: int,
+                   workers: int = 1) -> list[Path]:
+    """``runs`` independent trajectories ``<name>_<k>`` of ``total_ps / runs`` ps each (seeds seed + k),
+    ``workers`` at a time; the first ``alpha_l_runs`` start in alphaL (restrained during equilibration only)."""
     return simulate_runs(system, data, name, [total_ps / runs] * runs, seed,
-                         [ALPHA_L if k < alpha_l_runs else [] for k in range(runs)], chunk_frames=10_000)
+                         [ALPHA_L if k < alpha_l_runs else [] for k in range(runs)], workers, chunk_frames=10_000)
 
 
 def phi_summary(trajectories) -> str:
@@ -86,6 +86,9 @@ def main() -> None:
                              "minimised reference structure (beta), so the data hold the slow phi process")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra tcbm train overrides")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="simulations and CPU trainings run this many at a time (tcbm.processes); the models' "
+                             "own training times are then those of a share of the cores")
     parser.add_argument("--refine-steps", type=int, default=20,
                         help="also evaluate tcbm + this many physics-refinement steps, as its own row (0: no)")
     args = parser.parse_args()
@@ -96,11 +99,14 @@ def main() -> None:
     data = out / "data"
     if not 0 <= args.alpha_l_runs <= args.runs:
         raise SystemExit(f"--alpha-l-runs must be between 0 and --runs ({args.runs})")
-    train_runs = simulate_split(system, data, "train", args.train_ps, args.runs, args.alpha_l_runs, seed=1)
-    test_runs = simulate_split(system, data, "test", args.test_ps, args.runs, args.alpha_l_runs, seed=1001)
+    train_runs = simulate_split(system, data, "train", args.train_ps, args.runs, args.alpha_l_runs, seed=1,
+                                workers=args.workers)
+    test_runs = simulate_split(system, data, "test", args.test_ps, args.runs, args.alpha_l_runs, seed=1001,
+                               workers=args.workers)
     overrides = [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *args.overrides]
     with initialize_config_module("tcbm.conf", version_base="1.3"):
-        paths, timings = train_models(out / "runs", "adp_benchmark", train_runs, overrides)
+        paths, timings = train_models(out / "runs", "adp_benchmark", train_runs, overrides,
+                                       1 if device == "cuda" else args.workers)
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_runs, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0, refinement=RefinementSettings(
                                                                      steps=args.refine_steps)), device, refine="tcbm")

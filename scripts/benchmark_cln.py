@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--platform", default="CPU", help="OpenMM platform of the simulations (CPU, CUDA, ...)")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra tcbm train overrides")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="simulations and CPU trainings run this many at a time (tcbm.processes); the models' "
+                             "own training times are then those of a share of the cores")
     parser.add_argument("--clusters", type=int, default=30, help="k-means clusters of the MSM on TICA space")
     args = parser.parse_args()
     out = Path(args.out)
@@ -83,11 +86,12 @@ def main() -> None:
 
     data = out / "data"
     settings = {"temperature_K": TEMPERATURE_K, "chunk_frames": 100, "platform": args.platform}
-    train_runs = simulate_runs(system, data, "train", args.train_ps, 1, **settings)
-    test_runs = simulate_runs(system, data, "test", args.test_ps, 1001, **settings)
+    train_runs = simulate_runs(system, data, "train", args.train_ps, 1, workers=args.workers, **settings)
+    test_runs = simulate_runs(system, data, "test", args.test_ps, 1001, workers=args.workers, **settings)
     overrides = [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *args.overrides]
     with initialize_config_module("tcbm.conf", version_base="1.3"):
-        paths, timings = train_models(out / "runs", "cln_quick", train_runs, overrides)
+        paths, timings = train_models(out / "runs", "cln_quick", train_runs, overrides,
+                                       1 if device == "cuda" else args.workers)
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_runs, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0), device)
     timings.update(backmap_timings)

@@ -15,12 +15,13 @@ from pathlib import Path
 import mdtraj as md
 import numpy as np
 from hydra import compose
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from tcbm.analysis.baselines import NearestNeighbourBackmapper
 from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings, backmap_paths
 from tcbm.fingerprint import differences
+from tcbm.processes import run_in_processes
 from tcbm.refine import RefinementSettings
 from tcbm.simulate import simulate
 from tcbm.systems import MolecularSystem
@@ -29,27 +30,50 @@ from tcbm.training import train, training_fingerprint
 MODELS = {"tcbm": 1, "frame-based cVAE": 0}  # label -> history
 
 
-def train_model(out: Path, experiment: str, history: int, trajectories: Path | Sequence[Path], overrides: list[str],
-                force: bool = False) -> Path:
-    """Train ``out/model.pt`` with ``tcbm train experiment=<experiment>`` on one or several trajectories, or
-    reuse it when it was trained with the same config and data (its fingerprint); otherwise ``out`` is
-    trained afresh."""
-    artefact = out / "model.pt"
+def training_config(out: Path, experiment: str, history: int, trajectories: Path | Sequence[Path],
+                     overrides: list[str]) -> DictConfig:
+    """``tcbm train experiment=<experiment>`` on the trajectories, into ``out``, resolved (picklable)."""
     listed = [trajectories] if isinstance(trajectories, (str, Path)) else list(trajectories)
     data = str(listed[0]) if len(listed) == 1 else "[" + ",".join(str(p) for p in listed) + "]"
     cfg = compose("train", overrides=[f"experiment={experiment}", f"data.trajectories={data}",
                                       f"model.network.history={history}", *overrides])
     OmegaConf.set_struct(cfg, False)
     cfg.out = str(out)
-    if artefact.exists() and not force:
-        why = differences(BackmapModel.load(artefact).metadata.get("fingerprint"), training_fingerprint(cfg))
-        if not why:
-            print(f"reusing {artefact}")
-            return artefact
-        print(f"retraining {artefact}: {'; '.join(why)}")
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def _needs_training(cfg: DictConfig, force: bool) -> bool:
+    """False when ``<cfg.out>/model.pt`` was trained with the same config and data (its fingerprint)."""
+    artefact = Path(cfg.out) / "model.pt"
+    if not artefact.exists() or force:
+        return True
+    why = differences(BackmapModel.load(artefact).metadata.get("fingerprint"), training_fingerprint(cfg))
+    print(f"retraining {artefact}: {'; '.join(why)}" if why else f"reusing {artefact}", flush=True)
+    return bool(why)
+
+
+def _train_afresh(cfg: DictConfig, position: int = 0) -> Path:
+    out = Path(cfg.out)
     if out.exists():
         shutil.rmtree(out)  # no checkpoints or logs of another training left behind
-    return train(cfg)
+    return train(cfg, progress_position=position)
+
+
+def train_configs(configs: Sequence[DictConfig], workers: int = 1, force: bool = False) -> list[Path]:
+    """``<cfg.out>/model.pt`` for every training config (:func:`training_config`), ``workers`` trainings at
+    a time (:func:`run_in_processes`); one already trained with the same config and data (its fingerprint)
+    is reused unless ``force``, otherwise its folder is trained afresh."""
+    pending = [dict(cfg=cfg) for cfg in configs if _needs_training(cfg, force)]
+    run_in_processes(_train_afresh, pending, workers)
+    return [Path(cfg.out) / "model.pt" for cfg in configs]
+
+
+def train_model(out: Path, experiment: str, history: int, trajectories: Path | Sequence[Path], overrides: list[str],
+                force: bool = False) -> Path:
+    """``out/model.pt`` trained with ``tcbm train experiment=<experiment>`` on one or several trajectories
+    (or reused, see :func:`train_configs`)."""
+    return train_configs([training_config(out, experiment, history, trajectories, overrides)], force=force)[0]
 
 
 def refined_label(label: str, refinement: RefinementSettings) -> str:
@@ -93,22 +117,29 @@ def backmap_with_baseline(model_paths: dict[str, Path], test_xtcs: Sequence[Path
 
 
 def simulate_runs(system: MolecularSystem, data: Path, name: str, lengths_ps: Sequence[float], seed: int,
-                  restraints: Sequence[list[dict]] | None = None, **settings) -> list[Path]:
+                  restraints: Sequence[list[dict]] | None = None, workers: int = 1, **settings) -> list[Path]:
     """Independent runs ``<name>_<k>`` of ``lengths_ps[k]`` ps (seed ``seed + k``; start restraints
-    ``restraints[k]`` if given), cached in ``data``: a run already there with the same settings is reused."""
-    return [simulate(system, data, f"{name}_{k}", length_ps=length, seed=seed + k,
-                     start_restraints=list(restraints[k]) if restraints else [], **settings)
-            for k, length in enumerate(lengths_ps)]
+    ``restraints[k]`` if given), ``workers`` at a time (:func:`run_in_processes`), cached in ``data``: a run
+    already there with the same settings is reused."""
+    calls = [dict(system=system, out_dir=data, name=f"{name}_{k}", length_ps=length, seed=seed + k,
+                  start_restraints=list(restraints[k]) if restraints else [], **settings)
+             for k, length in enumerate(lengths_ps)]
+    return run_in_processes(simulate, calls, workers)
 
 
-def train_models(out: Path, experiment: str, trajectories: Sequence[Path], overrides: list[str]
-                 ) -> tuple[dict[str, Path], dict[str, float]]:
-    """tcbm and the frame-based cVAE (:data:`MODELS`) trained with ``experiment`` into
-    ``out/history<k>``; returns the artefacts by label and their training wall times and steps."""
-    paths, timings = {}, {}
-    for label, history in MODELS.items():
-        paths[label] = train_model(out / f"history{history}", experiment, history, trajectories, overrides)
-        metadata = BackmapModel.load(paths[label]).metadata
+def train_models(out: Path, experiment: str, trajectories: Sequence[Path], overrides: list[str], workers: int = 1,
+                 force: bool = False, folder: str = "history{history}") -> tuple[dict[str, Path], dict[str, float]]:
+    """tcbm and the frame-based cVAE (:data:`MODELS`) trained with ``experiment`` into ``out/<folder>``
+    (``{history}`` filled in), ``workers`` at a time (:func:`run_in_processes`; models trained before with
+    the same config and data are reused unless ``force``).  Returns the artefacts by label, and the wall
+    time of the whole stage, each model's own training wall time and steps."""
+    configs = [training_config(out / folder.format(history=history), experiment, history, trajectories, overrides)
+               for history in MODELS.values()]
+    started = time.perf_counter()
+    paths = dict(zip(MODELS, train_configs(configs, workers, force)))
+    timings = {"train_stage_wall_s": time.perf_counter() - started}
+    for label, path in paths.items():
+        metadata = BackmapModel.load(path).metadata
         timings[f"train_wall_s[{label}]"] = metadata["train_wall_s"]
         timings[f"train_steps[{label}]"] = metadata["steps"]
     return paths, timings

@@ -138,8 +138,9 @@ class Simulation:
             return 0
         return len(chunks)
 
-    def run(self, progress: bool = True) -> Path:
-        """Run (or continue) the simulation; return the path of the finished trajectory."""
+    def run(self, progress: bool = True, position: int = 0) -> Path:
+        """Run (or continue) the simulation; return the path of the finished trajectory.  ``position``: the
+        line of the progress bar (for runs side by side)."""
         if self.trajectory_path.exists():
             stored = json.loads(self.settings_path.read_text()) if self.settings_path.exists() else None
             if stored != self._settings():
@@ -164,7 +165,7 @@ class Simulation:
             context.setParameter(RESTRAINT_K, 0.0)  # production runs free
         n_chunks = -(-cfg.n_frames // cfg.chunk_frames)
         bar = tqdm(total=cfg.n_frames, initial=min(done * cfg.chunk_frames, cfg.n_frames), unit="frame",
-                   desc=f"simulate {self.name}", disable=not progress)
+                   desc=f"simulate {self.name}", disable=not progress, position=position)
         for chunk in range(done, n_chunks):
             n = min(cfg.chunk_frames, cfg.n_frames - chunk * cfg.chunk_frames)
             xyz = np.empty((n, self.system.n_atoms, 3), dtype=np.float32)
@@ -202,7 +203,9 @@ class Simulation:
         shutil.rmtree(self.chunk_dir)
 
 
-def simulate(system: MolecularSystem, out_dir: str | Path, name: str = "traj", progress: bool = True, **settings) -> Path:
+def simulate(system: MolecularSystem, out_dir: str | Path, name: str = "traj", progress: bool = True,
+             position: int = 0, **settings) -> Path:
     """Run a Langevin simulation of ``system`` (settings as in :class:`SimulationConfig`); returns the
-    path of the xtc trajectory (topology next to it as ``<name>.pdb``)."""
-    return Simulation(system, SimulationConfig(**settings), out_dir, name).run(progress)
+    path of the xtc trajectory (topology next to it as ``<name>.pdb``).  ``position``: the line of the
+    progress bar."""
+    return Simulation(system, SimulationConfig(**settings), out_dir, name).run(progress, position)

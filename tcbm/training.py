@@ -9,7 +9,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
 from tcbm.artifact import BackmapModel, SeedLibrary
@@ -86,9 +86,10 @@ def training_fingerprint(cfg: DictConfig) -> dict:
             "trajectories": [file_digest(p) for p in expand_paths(trajectories)]}
 
 
-def train(cfg: DictConfig) -> Path | None:
+def train(cfg: DictConfig, progress_position: int = 0) -> Path | None:
     """Train a model from a ``conf/train.yaml``-shaped config; returns the artefact path (None on the
-    other ranks of a distributed run).
+    other ranks of a distributed run).  ``progress_position``: the line of the progress bar (for trainings
+    side by side).
 
     ``checkpoints/last.ckpt`` always holds the final weights; ``model.pt`` holds those chosen by
     ``selection`` (by default the validation with the lowest rollout energy W1), and its metadata records
@@ -131,7 +132,8 @@ def train(cfg: DictConfig) -> Path | None:
         monitor = "val/bond_mae_nm"  # validation split too short to roll out
     checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor if has_val
                                   else None, mode=cfg.selection.mode, save_last=True, save_top_k=1)
-    callbacks = [c for c in (rollout_validation, checkpoints) if c is not None]
+    progress_bar = TQDMProgressBar(process_position=progress_position) if cfg.trainer.enable_progress_bar else None
+    callbacks = [c for c in (rollout_validation, checkpoints, progress_bar) if c is not None]
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), default_root_dir=str(out),
                          callbacks=callbacks, logger=_loggers(out), limit_val_batches=None if has_val else 0)
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)

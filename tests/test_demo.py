@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_module
 from tcbm.demo import run_demo
 
 MINIATURE = [
-    "simulate.train_ps=80", "simulate.test_ps=40",
+    "simulate.train_ps=[40,40]", "simulate.test_ps=40",
     "train_overrides=[" + ",".join(f"'{o}'" for o in (
         "trainer.max_steps=3", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false", "model.network.width=4", "model.network.latent_dim=2",
