@@ -44,7 +44,8 @@ def run_demo(cfg: DictConfig) -> Path:
     train_ps = list(cfg.simulate.train_ps)
     if cfg.simulate.train_seed <= cfg.simulate.test_seed < cfg.simulate.train_seed + len(train_ps):
         raise ValueError(f"simulate.test_seed={cfg.simulate.test_seed} is also the seed of a training run "
-                         f"(train_seed {cfg.simulate.train_seed} + run index): the held-out run would not be independent")
+                         f"(train_seed {cfg.simulate.train_seed} + run index): the held-out run would not be "
+                         "independent")
     train_xtcs = simulate_runs(system, data, "train", train_ps, cfg.simulate.train_seed, workers=cfg.workers)
     test_xtc = simulate(system, data, "test", length_ps=cfg.simulate.test_ps, seed=cfg.simulate.test_seed)
     timings["simulate_s"] = time.perf_counter() - started

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from hydra import compose, initialize_config_module
 
 from tcbm.demo import run_demo
@@ -39,3 +40,12 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
         out = capsys.readouterr().out
         assert out.count("retraining") == 2 and "recomputing" in out and "reusing" not in out
         assert json.loads((tmp_path / "backmapped_model_history1" / "test.json").read_text())["seed"] == 1
+
+
+def test_a_held_out_seed_shared_with_a_training_run_is_refused_before_any_work(tmp_path):
+    with initialize_config_module("tcbm.conf", version_base="1.3"):
+        cfg = compose("demo", overrides=[f"out={tmp_path}", *MINIATURE, "simulate.train_seed=11",
+                                         "simulate.test_seed=12"])
+        with pytest.raises(ValueError, match="test_seed=12 is also the seed of a training run"):
+            run_demo(cfg)
+    assert not (tmp_path / "data").exists()
