@@ -3,7 +3,7 @@
     python scripts/ab_rollout.py --data /path/to/data --out benchmarks/ab --steps 1500 \
         --variant "teacher forcing=" --variant "unroll 2=model.unroll.steps=2 model.unroll.start_step=500"
 
-Every variant is ``tcbm train experiment=adp_quick`` on ``<data>/train.xtc`` with its overrides (``--workers``
+Every variant is ``tcbm train experiment=adp_quick`` on ``<data>/train*.xtc`` with its overrides (``--workers``
 of them at a time, in processes sharing the cores), then
 ``tcbm backmap`` of the CG of ``<data>/test.xtc`` (seed frame from the library, GMM latents, the model's
 own previous frames) and scores against the held-out reference: energy W1 and median |ΔU| (kJ/mol), its
@@ -98,7 +98,7 @@ def score(model: BackmapModel, rollout: md.Trajectory, reference: md.Trajectory,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder with train.xtc/.pdb and test.xtc/.pdb")
+    parser.add_argument("--data", required=True, help="folder with the training run(s) train*.xtc and test.xtc/.pdb (e.g. a tcbm demo's data/)")
     parser.add_argument("--out", default="benchmarks/ab")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--variant", action="append", required=True,
@@ -115,6 +115,9 @@ def main() -> None:
                "reference": {"rotor_autocorrelation": rotor_autocorrelations(reference, LAGS_PS, dt_ps),
                              "no_hop_fraction": no_hop_fraction(reference)},
                "variants": {}}
+    train_runs = sorted(data.glob("train*.xtc"))
+    if not train_runs:
+        raise SystemExit(f"no training trajectory train*.xtc in {data}")
     variants = {}
     with initialize_config_module("tcbm.conf", version_base="1.3"):
         for spec in args.variant:
@@ -124,7 +127,7 @@ def main() -> None:
             overrides = [o for o in overrides if o != "history=0"] + [f"trainer.max_steps={args.steps}"]
             run = out / "runs" / label.replace(" ", "_").replace("/", "-")
             variants[label] = (run, history, overrides,
-                               training_config(run, "adp_quick", history, data / "train.xtc", overrides))
+                               training_config(run, "adp_quick", history, train_runs, overrides))
     started = time.perf_counter()
     train_configs([cfg for *_, cfg in variants.values()], args.workers)
     results["train_stage_wall_s"] = time.perf_counter() - started
