@@ -32,10 +32,10 @@ def _start_worker(threads: int, lock: Any, parent: int) -> None:
 def run_in_processes(function: Callable[..., Any], calls: Sequence[dict], workers: int) -> list[Any]:
     """``function(**calls[k], position=k)`` for every call, in up to ``workers`` spawned processes at once,
     each with ``torch.get_num_threads() // workers`` threads; returns the results in call order.  ``position``
-    is the line of the call's progress bar.  ``workers <= 1`` runs the calls here, one after the other.  The
-    first failure is raised (with its worker's traceback) once the running calls have stopped; calls not yet
-    started are cancelled; a worker whose parent is killed stops within a second.  ``function`` and the call
-    arguments must be picklable (module-level function)."""
+    is the line of the call's progress bar.  ``workers == 1`` (or a single call) runs them here, one after the
+    other.  The first failure is raised (with its worker's traceback) once the running calls have stopped;
+    calls not yet started are cancelled; a worker whose parent is killed stops within a second.  ``function``
+    and the call arguments must be picklable (module-level function)."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if workers == 1 or len(calls) <= 1:
