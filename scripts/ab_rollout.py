@@ -98,7 +98,8 @@ def score(model: BackmapModel, rollout: md.Trajectory, reference: md.Trajectory,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder with the training run(s) train*.xtc and test.xtc/.pdb (e.g. a tcbm demo's data/)")
+    parser.add_argument("--data", required=True,
+                        help="folder with the training run(s) train*.xtc and test.xtc/.pdb (e.g. a tcbm demo's data/)")
     parser.add_argument("--out", default="benchmarks/ab")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--variant", action="append", required=True,

@@ -105,8 +105,7 @@ def main() -> None:
                                workers=args.workers)
     overrides = [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *args.overrides]
     with initialize_config_module("tcbm.conf", version_base="1.3"):
-        paths, timings = train_models(out / "runs", "adp_benchmark", train_runs, overrides,
-                                       1 if device == "cuda" else args.workers)
+        paths, timings = train_models(out / "runs", "adp_benchmark", train_runs, overrides, args.workers)
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_runs, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0, refinement=RefinementSettings(
                                                                      steps=args.refine_steps)), device, refine="tcbm")

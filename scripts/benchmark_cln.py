@@ -90,8 +90,7 @@ def main() -> None:
     test_runs = simulate_runs(system, data, "test", args.test_ps, 1001, workers=args.workers, **settings)
     overrides = [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *args.overrides]
     with initialize_config_module("tcbm.conf", version_base="1.3"):
-        paths, timings = train_models(out / "runs", "cln_quick", train_runs, overrides,
-                                       1 if device == "cuda" else args.workers)
+        paths, timings = train_models(out / "runs", "cln_quick", train_runs, overrides, args.workers)
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_runs, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0), device)
     timings.update(backmap_timings)

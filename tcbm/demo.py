@@ -53,8 +53,8 @@ def run_demo(cfg: DictConfig) -> Path:
     _stage("2/4 train tcbm and the frame-based ablation")
     overrides = list(cfg.train_overrides) + (list(cfg.gpu_train_overrides) if device == "cuda" else []) + \
         [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}"]
-    models, train_timings = train_models(out, "adp_quick", train_xtcs, overrides, workers=1 if device == "cuda"
-                                         else cfg.workers, force=cfg.force, folder="model_history{history}")
+    models, train_timings = train_models(out, "adp_quick", train_xtcs, overrides, cfg.workers, cfg.force,
+                                         folder="model_history{history}")
     timings.update(train_timings)
 
     _stage("3/4 backmap the held-out CG trajectory autoregressively")

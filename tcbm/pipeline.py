@@ -62,10 +62,12 @@ def _train_afresh(cfg: DictConfig, position: int = 0) -> Path:
 
 def train_configs(configs: Sequence[DictConfig], workers: int = 1, force: bool = False) -> list[Path]:
     """``<cfg.out>/model.pt`` for every training config (:func:`training_config`), ``workers`` trainings at
-    a time (:func:`run_in_processes`); one already trained with the same config and data (its fingerprint)
-    is reused unless ``force``, otherwise its folder is trained afresh."""
+    a time on the CPU (:func:`run_in_processes`; trainings on an accelerator run one after the other); one
+    already trained with the same config and data (its fingerprint) is reused unless ``force``, otherwise its
+    folder is trained afresh."""
     pending = [dict(cfg=cfg) for cfg in configs if _needs_training(cfg, force)]
-    run_in_processes(_train_afresh, pending, workers)
+    on_cpu = all(call["cfg"].trainer.accelerator == "cpu" for call in pending)
+    run_in_processes(_train_afresh, pending, workers if on_cpu else 1)
     return [Path(cfg.out) / "model.pt" for cfg in configs]
 
 
@@ -130,8 +132,8 @@ def simulate_runs(system: MolecularSystem, data: Path, name: str, lengths_ps: Se
 def train_models(out: Path, experiment: str, trajectories: Sequence[Path], overrides: list[str], workers: int = 1,
                  force: bool = False, folder: str = "history{history}") -> tuple[dict[str, Path], dict[str, float]]:
     """tcbm and the frame-based cVAE (:data:`MODELS`) trained with ``experiment`` into ``out/<folder>``
-    (``{history}`` filled in), ``workers`` at a time (:func:`run_in_processes`; models trained before with
-    the same config and data are reused unless ``force``).  Returns the artefacts by label, and the wall
+    (``{history}`` filled in), ``workers`` at a time on the CPU (:func:`train_configs`; models trained before
+    with the same config and data are reused unless ``force``).  Returns the artefacts by label, and the wall
     time of the whole stage, each model's own training wall time and steps."""
     configs = [training_config(out / folder.format(history=history), experiment, history, trajectories, overrides)
                for history in MODELS.values()]

@@ -2,7 +2,9 @@ import json
 
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
+from tcbm import pipeline
 from tcbm.demo import run_demo
 
 MINIATURE = [
@@ -49,3 +51,14 @@ def test_a_held_out_seed_shared_with_a_training_run_is_refused_before_any_work(t
         with pytest.raises(ValueError, match="test_seed=12 is also the seed of a training run"):
             run_demo(cfg)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("accelerator, workers", [("cpu", 2), ("gpu", 1)])
+def test_trainings_run_side_by_side_only_on_the_cpu(tmp_path, monkeypatch, accelerator, workers):
+    used = []
+    monkeypatch.setattr(pipeline, "run_in_processes", lambda function, calls, n: used.append((len(calls), n)))
+    configs = [OmegaConf.create({"out": str(tmp_path / f"model{k}"), "trainer": {"accelerator": accelerator}})
+               for k in range(2)]
+    assert pipeline.train_configs(configs, workers=2) == [tmp_path / "model0" / "model.pt",
+                                                          tmp_path / "model1" / "model.pt"]
+    assert used == [(2, workers)]
