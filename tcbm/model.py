@@ -42,7 +42,7 @@ class BackmapCVAE(nn.Module):
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
                  depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True,
                  latent_input: bool = False, output_skip: bool = False, project_cg: bool | str = False,
-                 conditional_prior: bool = False,
+                 conditional_prior: bool = False, prior_min_spacings: float = 0.0,
                  cg_map: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__()
         if grid.d % 2:
@@ -64,6 +64,7 @@ class BackmapCVAE(nn.Module):
         # log-width (nm) of the Gaussian prior centred on each atom's previous position
         self.previous_prior = previous_prior and history > 0
         self.log_prior_width = nn.Parameter(torch.tensor(float(np.log(0.1)))) if self.previous_prior else None
+        self.prior_min_spacings = prior_min_spacings
         if channels_last:
             self.to(memory_format=torch.channels_last_3d)
 
@@ -91,10 +92,18 @@ class BackmapCVAE(nn.Module):
         """Posterior mean and log-variance of ``z`` given the target AA^t (B, N, 3) and the condition."""
         return self.encoder(self._layout(torch.cat([self.grid.voxelize(aa), cond], dim=1)))
 
+    def prior_width(self) -> torch.Tensor:
+        """Width (nm) of the previous-frame prior: the learned width, widened in quadrature by
+        ``prior_min_spacings`` grid spacings.  A Gaussian much narrower than the spacing, sampled on the grid,
+        has a softmax mean pulled towards the nearest grid point (up to 0.07 nm for 0.1 nm on a 0.33 nm grid;
+        within 0.004 spacings from 0.6 spacings up), so a rollout that copies its previous frame would walk
+        atoms onto grid points."""
+        return torch.sqrt(torch.exp(2 * self.log_prior_width) + (self.prior_min_spacings * self.grid.spacing) ** 2)
+
     def prior_logits(self, aa_prev: torch.Tensor) -> torch.Tensor:
-        """Log of a Gaussian (learned width) around each atom's previous position, (B, N, d, d, d): added to
-        the decoder's logits so that "stay where you were" is the default and the network learns the motion."""
-        width = self.log_prior_width.exp()
+        """Log of a Gaussian (:meth:`prior_width`) around each atom's previous position, (B, N, d, d, d): added
+        to the decoder's logits so that "stay where you were" is the default and the network learns the motion."""
+        width = self.prior_width()
         axis = self.grid.axis(aa_prev)
         p = -0.5 * ((aa_prev[:, 0].unsqueeze(-1) - axis) / width) ** 2  # (B, N, 3, d)
         return p[..., 0, :, None, None] + p[..., 1, None, :, None] + p[..., 2, None, None, :]

@@ -7,7 +7,9 @@ from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.data import TripleDataset, load_aa_trajectories
 from tcbm.latent import LatentSampler
 from tcbm.lightning import CVAEModule, NonFiniteLossError
+from tcbm.model import BackmapCVAE
 from tcbm.schedules import EnergyWeight, KLWeight
+from tcbm.voxels import VoxelGrid
 
 GRID = {"d": 12, "r_grid": 2.0, "sigma": 0.12}
 
@@ -190,3 +192,23 @@ def test_model_with_conditional_prior_ships_a_standard_normal_sampler(tmp_path, 
     model = BackmapModel.load(train(train_config(tmp_path, adp_traj, **{"model.network.conditional_prior": "true"})))
     assert model.network.conditional_prior
     assert model.sampler.weights.tolist() == [1.0] and not model.sampler.means.any()
+
+
+def test_previous_frame_prior_alone_returns_the_previous_position_only_when_wide_enough(adp):
+    """With the network's logits zeroed the decoded coordinates are the softmax mean of the prior alone: a
+    Gaussian 0.3 grid spacings wide lands atoms up to 0.2 spacings off towards grid points; floored at 0.6
+    spacings it returns the previous positions."""
+    grid = VoxelGrid(**GRID)
+    previous = torch.rand(4, 1, adp.n_atoms, 3, generator=torch.Generator().manual_seed(0)) - 0.5
+    errors = {}
+    for floor in (0.0, 0.6):
+        model = BackmapCVAE(adp.n_atoms, adp.n_beads, grid, latent_dim=4, width=8, history=1,
+                            previous_prior=True, prior_min_spacings=floor)
+        with torch.no_grad():
+            model.log_prior_width.fill_(np.log(0.3 * grid.spacing))
+            model.decoder.out.weight.zero_()
+            model.decoder.out.bias.zero_()
+            cg = adp.mapping(previous[:, 0])
+            coords = model.decode(model.condition(cg, previous), torch.zeros(4, 4), cg, previous)[1]
+        errors[floor] = (coords - previous[:, 0]).abs().max().item() / grid.spacing
+    assert errors[0.0] > 0.05 and errors[0.6] < 0.005
