@@ -64,7 +64,7 @@ class BackmapCVAE(nn.Module):
         # log-width (nm) of the Gaussian prior centred on each atom's previous position
         self.previous_prior = previous_prior and history > 0
         self.log_prior_width = nn.Parameter(torch.tensor(float(np.log(0.1)))) if self.previous_prior else None
-        self.prior_min_spacings = prior_min_spacings
+        self.prior_min_spacings = prior_min_spacings  # 0 here: artefacts saved before the floor existed keep their prior
         if channels_last:
             self.to(memory_format=torch.channels_last_3d)
 

@@ -61,7 +61,7 @@ def test_a_failing_call_is_raised_with_its_message(two_threads):
         run_in_processes(_where, [dict(value=1)], workers=0)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the workers' process states from Linux /proc")
 def test_workers_stop_when_their_parent_is_killed(tmp_path):
     files = [tmp_path / f"worker{k}.pid" for k in range(2)]
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
