@@ -5,16 +5,25 @@ from __future__ import annotations
 import torch
 
 
-def random_rotations(n: int, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` rotation matrices ``(n, 3, 3)`` drawn uniformly from SO(3) (normalised Gaussian quaternions)."""
-    q = torch.randn(n, 4, dtype=torch.float64, generator=generator)
+def quaternion_matrices(q: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(..., 3, 3)`` of quaternions ``(..., 4)`` (w, x, y, z; normalised here)."""
     w, x, y, z = (q / q.norm(dim=-1, keepdim=True)).unbind(-1)
     rows = [
         1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
         2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
         2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
     ]
-    return torch.stack(rows, dim=-1).reshape(n, 3, 3).to(dtype)
+    return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
+
+
+def random_rotations(n: int, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` rotation matrices ``(n, 3, 3)`` drawn uniformly from SO(3) (normalised Gaussian quaternions)."""
+    return quaternion_matrices(torch.randn(n, 4, dtype=torch.float64, generator=generator)).to(dtype)
+
+
+#: squarings of Horn's shifted 4×4 matrix: the power 2^16 converges unless the points are nearly collinear
+#: (second singular value of their covariance below ~3e-4 of the first; the rotation about that line is then ill-defined)
+HORN_SQUARINGS = 16
 
 
 def kabsch(mobile: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -22,16 +31,32 @@ def kabsch(mobile: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
 
     Returns ``(R, mobile_centroid, target_centroid)`` such that
     ``(mobile - mobile_centroid) @ R.T + target_centroid`` is the superposed ``mobile``.
+
+    Horn's quaternion method (J. Opt. Soc. Am. A 4, 629, 1987): the rotation's quaternion is the top
+    eigenvector of a 4×4 matrix, found by repeated squaring in float64 — only matrix products, so it runs
+    inside a captured CUDA graph (``torch.linalg`` decompositions synchronise with the host on CUDA), and the
+    result is always a proper rotation.
     """
     mc = mobile.mean(dim=-2, keepdim=True)
     tc = target.mean(dim=-2, keepdim=True)
-    cov = (target - tc).transpose(-1, -2) @ (mobile - mc)
-    u, _, vh = torch.linalg.svd(cov)
-    sign = torch.sign(torch.linalg.det(u @ vh))
-    diag = torch.ones_like(cov[..., 0])
-    diag[..., -1] = torch.where(sign == 0, torch.ones_like(sign), sign)
-    rotation = u @ torch.diag_embed(diag) @ vh
-    return rotation, mc, tc
+    s = ((mobile - mc).transpose(-1, -2) @ (target - tc)).double()  # S_ab = sum_i m_ia t_ib
+    (sxx, sxy, sxz), (syx, syy, syz), (szx, szy, szz) = (row.unbind(-1) for row in s.unbind(-2))
+    horn = torch.stack([
+        sxx + syy + szz, syz - szy, szx - sxz, sxy - syx,
+        syz - szy, sxx - syy - szz, sxy + syx, szx + sxz,
+        szx - sxz, sxy + syx, -sxx + syy - szz, syz + szy,
+        sxy - syx, szx + sxz, syz + szy, -sxx - syy + szz,
+    ], dim=-1).unflatten(-1, (4, 4))
+    # shifted to be positive semi-definite (|eigenvalues| <= sqrt(3)·|S|_F), so its top eigenvector dominates
+    scale = s.flatten(-2).norm(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)[..., None, None]
+    power = horn / scale + 3 ** 0.5 * torch.eye(4, dtype=horn.dtype, device=horn.device)
+    for _ in range(HORN_SQUARINGS):
+        power = power @ power
+        power = power / power.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]  # trace > 0: PSD
+    # the power is ~ u uᵀ: its longest column is the top eigenvector u, up to sign
+    column = power.norm(dim=-2).argmax(dim=-1)
+    q = torch.take_along_dim(power, column[..., None, None].expand(*power.shape[:-2], 4, 1), dim=-1)[..., 0]
+    return quaternion_matrices(q).to(mobile.dtype), mc, tc
 
 
 def superpose(mobile: torch.Tensor, target: torch.Tensor, carry: torch.Tensor | None = None) -> torch.Tensor:

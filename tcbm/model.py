@@ -8,13 +8,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from tcbm.geometry import superpose
 from tcbm.networks import Decoder, Encoder
 from tcbm.voxels import VoxelGrid
 
 
 class Reconstruction(NamedTuple):
-    """A training pass of :class:`BackmapCVAE`: densities (B, N, d, d, d), coordinates (B, N, 3) nm, and
-    the means and log-variances (B, latent) of the posterior q(z | AA^t, condition) and of the prior."""
+    """A training pass of :class:`BackmapCVAE`: densities (B, N, d, d, d), coordinates (B, N, 3) nm, the
+    means and log-variances (B, latent) of the posterior q(z | AA^t, condition) and of the prior, and, for a
+    model with the previous-frame prior, the decoder's own densities without it (else None)."""
 
     density: torch.Tensor
     coords: torch.Tensor
@@ -22,6 +24,7 @@ class Reconstruction(NamedTuple):
     log_var: torch.Tensor
     prior_mean: torch.Tensor
     prior_log_var: torch.Tensor
+    decoder_density: torch.Tensor | None = None
 
 
 class BackmapCVAE(nn.Module):
@@ -37,23 +40,32 @@ class BackmapCVAE(nn.Module):
     With ``conditional_prior`` the latent's prior is learned, p(z | condition) (a second encoder, of the
     condition alone), instead of N(0, I): the KL term is taken against it and rollouts draw ``z`` from it
     (:meth:`generate`), so that ``z`` can carry the choices the condition leaves open (e.g. a methyl rotor
-    hopping) without being drawn from an aggregate that ignores the condition."""
+    hopping) without being drawn from an aggregate that ignores the condition.
+
+    With ``align_previous`` each previous frame is first superposed rigidly (Kabsch on its own CG) onto
+    CG^t, for the condition and the previous-frame prior alike, so the network sees where every atom was
+    relative to the current CG instead of the molecule's tumbling between frames (ADP at 1 ps frames:
+    CG-free atoms 0.26 nm from their next positions after the centroid shift alone, 0.10 nm aligned).
+    It needs the CG map too (:meth:`for_system`) and at least 3 beads."""
 
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
                  depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True,
                  latent_input: bool = False, output_skip: bool = False, project_cg: bool | str = False,
-                 conditional_prior: bool = False, prior_min_spacings: float = 0.0,
-                 cg_map: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 conditional_prior: bool = False, prior_min_spacings: float = 0.0, align_previous: bool = False,
+                 cg_map: tuple[np.ndarray, np.ndarray | None] | None = None) -> None:
         super().__init__()
         if grid.d % 2:
             raise ValueError(f"the decoder halves the grid once: grid.d must be even, got {grid.d}")
-        if project_cg and cg_map is None:
-            raise ValueError("project_cg needs the system's CG map: build the model with BackmapCVAE.for_system")
-        self.project_cg = bool(project_cg)
-        if project_cg:  # derived from the system, not saved with the weights
-            weights, projection = (torch.as_tensor(a, dtype=torch.float32) for a in cg_map)
-            self.register_buffer("cg_weights", weights, persistent=False)
-            self.register_buffer("cg_projection", projection, persistent=False)
+        if (project_cg or align_previous) and cg_map is None:
+            raise ValueError("project_cg and align_previous need the system's CG map: build the model with "
+                             "BackmapCVAE.for_system")
+        if align_previous and n_beads < 3:
+            raise ValueError(f"align_previous superposes previous frames on their CG: needs >= 3 beads, got {n_beads}")
+        self.project_cg, self.align_previous = bool(project_cg), align_previous and history > 0
+        if cg_map is not None:  # derived from the system, not saved with the weights
+            self.register_buffer("cg_weights", torch.as_tensor(cg_map[0], dtype=torch.float32), persistent=False)
+        if project_cg:
+            self.register_buffer("cg_projection", torch.as_tensor(cg_map[1], dtype=torch.float32), persistent=False)
         self.n_atoms, self.n_beads, self.grid, self.history = n_atoms, n_beads, grid, history
         self.latent_dim, self.channels_last, self.conditional_prior = latent_dim, channels_last, conditional_prior
         cond_channels = n_beads + history * n_atoms
@@ -76,15 +88,26 @@ class BackmapCVAE(nn.Module):
             bonds = np.array([[a.index, b.index] for a, b in system.topology.bonds], dtype=np.int64)
             kind = "rigid" if config["project_cg"] is True else config["project_cg"]
             cg_map = (system.mapping.weights, system.mapping.projection(bonds, kind))
+        elif config.get("align_previous"):
+            cg_map = (system.mapping.weights, None)
         return cls(system.n_atoms, system.n_beads, grid, cg_map=cg_map, **config)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
 
+    def previous_in_cg_frame(self, cg: torch.Tensor, aa_prev: torch.Tensor) -> torch.Tensor:
+        """The previous frames (B, k, N, 3) as the network uses them: with ``align_previous`` each superposed
+        (Kabsch on its CG beads) onto CG^t (B, n, 3); otherwise unchanged."""
+        if not self.align_previous:
+            return aa_prev
+        aa_prev = aa_prev[:, : self.history]
+        return superpose(self.cg_weights.to(aa_prev.dtype) @ aa_prev, cg[:, None].to(aa_prev.dtype), carry=aa_prev)
+
     def condition(self, cg: torch.Tensor, aa_prev: torch.Tensor) -> torch.Tensor:
         """Voxelised condition (B, n + k·N, d, d, d) from CG^t (B, n, 3) and AA^{t-1..t-k} (B, k, N, 3)."""
         parts = [self.grid.voxelize(cg)]
         if self.history:
+            aa_prev = self.previous_in_cg_frame(cg, aa_prev)
             parts.append(self.grid.voxelize(aa_prev[:, : self.history].flatten(1, 2)))
         return self._layout(torch.cat(parts, dim=1))
 
@@ -113,14 +136,20 @@ class BackmapCVAE(nn.Module):
         """Per-atom densities (B, N, d, d, d), normalised to sum 1 per atom, and the coordinates (B, N, 3): the
         densities' mean positions, projected onto the CG ``cg`` (B, n, 3) when the model has ``project_cg``.
         ``aa_prev`` (B, k, N, 3) is needed when the model uses the previous-frame prior."""
-        logits = self.decoder(cond, z.to(cond.dtype)).float()
+        return self._decode(cond, z, cg, aa_prev)[:2]
+
+    def _decode(self, cond: torch.Tensor, z: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`decode`, and the decoder's logits before the previous-frame prior is added."""
+        decoder_logits = self.decoder(cond, z.to(cond.dtype)).float()
+        logits = decoder_logits
         if self.previous_prior:
-            logits = logits + self.prior_logits(aa_prev.float())
+            logits = logits + self.prior_logits(self.previous_in_cg_frame(cg.float(), aa_prev.float()))
         density = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
         coords = self.grid.coordinates(density)
         if self.project_cg:
             coords = coords + self.cg_projection @ (cg.float() - self.cg_weights @ coords)
-        return density, coords
+        return density, coords, decoder_logits
 
     def generate(self, cond: torch.Tensor, noise: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,5 +170,7 @@ class BackmapCVAE(nn.Module):
             prior_mean, prior_log_var = self.prior(cond)
         else:
             prior_mean, prior_log_var = torch.zeros_like(mean), torch.zeros_like(log_var)
-        density, coords = self.decode(cond, z, cg, aa_prev)
-        return Reconstruction(density, coords, mean, log_var, prior_mean, prior_log_var)
+        density, coords, decoder_logits = self._decode(cond, z, cg, aa_prev)
+        decoder_density = (torch.softmax(decoder_logits.flatten(2), dim=-1).view_as(decoder_logits)
+                           if self.previous_prior else None)
+        return Reconstruction(density, coords, mean, log_var, prior_mean, prior_log_var, decoder_density)

@@ -14,8 +14,8 @@ from tcbm.voxels import VoxelGrid
 GRID = {"d": 12, "r_grid": 2.0, "sigma": 0.12}
 
 
-def make_module(system, history=1, grid=GRID, **kwargs):
-    network = {"latent_dim": 4, "width": 8, "depth": 1, "history": history}
+def make_module(system, history=1, grid=GRID, network_extra=None, **kwargs):
+    network = {"latent_dim": 4, "width": 8, "depth": 1, "history": history, **(network_extra or {})}
     return CVAEModule(system.to_dict(), grid, network, **kwargs)
 
 
@@ -212,3 +212,51 @@ def test_previous_frame_prior_alone_returns_the_previous_position_only_when_wide
             coords = model.decode(model.condition(cg, previous), torch.zeros(4, 4), cg, previous)[1]
         errors[floor] = (coords - previous[:, 0]).abs().max().item() / grid.spacing
     assert errors[0.0] > 0.05 and errors[0.6] < 0.005
+
+
+def test_aligned_previous_frames_make_the_output_blind_to_their_tumbling(adp_traj, adp):
+    """With ``align_previous`` a previous frame rotated rigidly about its own CG decodes to the same frame
+    (the network sees it superposed onto CG^t); without, the same rotation changes the output."""
+    batch = batch_of(adp_traj, adp, n=4, augment=False)
+    previous = batch["aa_prev"]
+    centre = adp.mapping(previous[:, 0]).mean(1, keepdim=True)[:, None]
+    angle = torch.tensor(0.7)
+    c, s = torch.cos(angle), torch.sin(angle)
+    rotation = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    tumbled = (previous - centre) @ rotation.T + centre
+    z = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    change = {}
+    for align in (False, True):
+        torch.manual_seed(0)
+        model = BackmapCVAE.for_system(adp, VoxelGrid(**GRID), latent_dim=4, width=8, history=1,
+                                       previous_prior=True, prior_min_spacings=0.6, align_previous=align).eval()
+        with torch.no_grad():
+            a, b = (model.generate(model.condition(batch["cg"], p), z, batch["cg"], p)[1] for p in (previous, tumbled))
+        change[align] = (a - b).abs().max().item()
+    assert change[True] < 1e-4 < 0.01 < change[False]
+
+
+def test_aligned_previous_frames_need_three_beads_and_the_cg_map(adp):
+    with pytest.raises(ValueError, match="for_system"):
+        BackmapCVAE(adp.n_atoms, adp.n_beads, VoxelGrid(**GRID), align_previous=True)
+    with pytest.raises(ValueError, match=">= 3 beads"):
+        BackmapCVAE(adp.n_atoms, 2, VoxelGrid(**GRID), align_previous=True,
+                    cg_map=(np.full((2, adp.n_atoms), 1.0 / adp.n_atoms), None))
+
+
+def test_decoder_vox_scores_the_decoder_density_without_the_previous_frame_prior(adp_traj, adp):
+    """With zeroed output weights the decoder alone predicts a uniform density, whatever the prior adds."""
+    batch = batch_of(adp_traj, adp, n=4)
+    module = make_module(adp, weights={"decoder_vox": 10.0},
+                         network_extra={"previous_prior": True, "prior_min_spacings": 0.6})
+    with torch.no_grad():
+        module.model.decoder.out.weight.zero_()
+        module.model.decoder.out.bias.zero_()
+        terms = module._terms(batch, sample=False)[0]
+    target = module.grid.normalized(batch["aa"])
+    uniform = torch.full_like(target, 1.0 / target[0, 0].numel())
+    expected = ((uniform - target) ** 2).flatten(2).sum(-1).mean().item()
+    assert terms["decoder_vox"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["vox"].item() < 0.9 * terms["decoder_vox"].item()  # the prior's density is closer to the truth
+    without_prior = make_module(adp, weights={"decoder_vox": 10.0}, network_extra={"previous_prior": False})
+    assert "decoder_vox" not in without_prior._terms(batch, sample=False)[0]
