@@ -97,11 +97,12 @@ class BackmapCVAE(nn.Module):
 
     def previous_in_cg_frame(self, cg: torch.Tensor, aa_prev: torch.Tensor) -> torch.Tensor:
         """The previous frames (B, k, N, 3) as the network uses them: with ``align_previous`` each superposed
-        (Kabsch on its CG beads) onto CG^t (B, n, 3); otherwise unchanged."""
+        (Kabsch on its CG beads) onto CG^t (B, n, 3), in float32; otherwise unchanged."""
         if not self.align_previous:
             return aa_prev
-        aa_prev = aa_prev[:, : self.history]
-        return superpose(self.cg_weights.to(aa_prev.dtype) @ aa_prev, cg[:, None].to(aa_prev.dtype), carry=aa_prev)
+        with torch.autocast(aa_prev.device.type, enabled=False):  # coordinates: float32 under any autocast
+            aa_prev = aa_prev[:, : self.history].float()
+            return superpose(self.cg_weights @ aa_prev, cg[:, None].float(), carry=aa_prev)
 
     def condition(self, cg: torch.Tensor, aa_prev: torch.Tensor) -> torch.Tensor:
         """Voxelised condition (B, n + k·N, d, d, d) from CG^t (B, n, 3) and AA^{t-1..t-k} (B, k, N, 3)."""

@@ -234,6 +234,10 @@ def test_aligned_previous_frames_make_the_output_blind_to_their_tumbling(adp_tra
             a, b = (model.generate(model.condition(batch["cg"], p), z, batch["cg"], p)[1] for p in (previous, tumbled))
         change[align] = (a - b).abs().max().item()
     assert change[True] < 1e-4 < 0.01 < change[False]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the superposition stays in float32
+        aligned_bf16 = model.previous_in_cg_frame(batch["cg"], tumbled)
+    assert aligned_bf16.dtype == torch.float32
+    assert (aligned_bf16 - model.previous_in_cg_frame(batch["cg"], tumbled)).abs().max() < 1e-6
 
 
 def test_aligned_previous_frames_need_three_beads_and_the_cg_map(adp):
