@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--train-ps", type=float, default=12_000.0)
     parser.add_argument("--test-ps", type=float, default=40_000.0)
     parser.add_argument("--runs", type=int, default=4,
-                        help="split the training and the held-out time into this many independent runs each")
+                        help="split the training time into this many independent runs")
     parser.add_argument("--alpha-l-runs", type=int, default=2,
                         help="of those runs, how many start in alphaL (phi +60, psi +40 deg) instead of the "
                              "minimised reference structure (beta), so the data hold the slow phi process")
