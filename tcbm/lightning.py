@@ -17,6 +17,7 @@ from tcbm.stereo import stereocentres
 from tcbm.systems import MolecularSystem
 from tcbm.voxels import VoxelGrid
 
+#: the weighted loss terms (summed by ``_total``; the KL and energy terms have schedules instead)
 DEFAULT_WEIGHTS = {"vox": 1.0, "aa": 100.0, "cg": 100.0, "edm": 100.0, "chirality": 0.0, "prior": 1.0,
                    "decoder_vox": 0.0}
 
@@ -78,9 +79,9 @@ class CVAEModule(pl.LightningModule):
             terms["prior"] = losses.kl_loss(out.mean.detach(), out.log_var.detach(), 0.0, **prior)
         else:
             terms["kl"] = losses.kl_loss(out.mean, out.log_var, self.hparams.free_bits)
-        if out.decoder_density is not None and self.weights["decoder_vox"] > 0:
+        if out.decoder_logits is not None and self.weights["decoder_vox"] > 0:
             # the decoder's density must place the atoms by itself; the previous-frame prior only picks a mode
-            terms["decoder_vox"] = losses.vox_loss(out.decoder_density, self.grid.normalized(aa))
+            terms["decoder_vox"] = losses.vox_loss(self.model.densities(out.decoder_logits), self.grid.normalized(aa))
         if len(self.stereocentres):
             terms["chirality"] = losses.chirality_loss(coords, aa, self.stereocentres)
         lam = self.energy_weight(self.global_step)
@@ -92,8 +93,7 @@ class CVAEModule(pl.LightningModule):
         return terms, coords, diagnostics
 
     def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = sum(self.weights[k] * terms[k] for k in ("vox", "aa", "cg", "edm", "chirality", "prior", "decoder_vox")
-                    if k in terms)
+        total = sum(self.weights[k] * terms[k] for k in DEFAULT_WEIGHTS if k in terms)
         total = total + self.kl_weight(self.global_step) * terms["kl"]
         if "energy" in terms:
             total = total + self.energy_weight(self.global_step) * terms["energy"]

@@ -16,7 +16,8 @@ from tcbm.voxels import VoxelGrid
 class Reconstruction(NamedTuple):
     """A training pass of :class:`BackmapCVAE`: densities (B, N, d, d, d), coordinates (B, N, 3) nm, the
     means and log-variances (B, latent) of the posterior q(z | AA^t, condition) and of the prior, and, for a
-    model with the previous-frame prior, the decoder's own densities without it (else None)."""
+    model with the previous-frame prior, the decoder's own logits without it (else None; densities from
+    :meth:`BackmapCVAE.densities`)."""
 
     density: torch.Tensor
     coords: torch.Tensor
@@ -24,7 +25,7 @@ class Reconstruction(NamedTuple):
     log_var: torch.Tensor
     prior_mean: torch.Tensor
     prior_log_var: torch.Tensor
-    decoder_density: torch.Tensor | None = None
+    decoder_logits: torch.Tensor | None = None
 
 
 class BackmapCVAE(nn.Module):
@@ -132,6 +133,11 @@ class BackmapCVAE(nn.Module):
         p = -0.5 * ((aa_prev[:, 0].unsqueeze(-1) - axis) / width) ** 2  # (B, N, 3, d)
         return p[..., 0, :, None, None] + p[..., 1, None, :, None] + p[..., 2, None, None, :]
 
+    @staticmethod
+    def densities(logits: torch.Tensor) -> torch.Tensor:
+        """Per-atom densities (B, N, d, d, d), each summing to 1 over the grid, from logits of that shape."""
+        return torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
+
     def decode(self, cond: torch.Tensor, z: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-atom densities (B, N, d, d, d), normalised to sum 1 per atom, and the coordinates (B, N, 3): the
@@ -146,7 +152,7 @@ class BackmapCVAE(nn.Module):
         logits = decoder_logits
         if self.previous_prior:
             logits = logits + self.prior_logits(self.previous_in_cg_frame(cg.float(), aa_prev.float()))
-        density = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
+        density = self.densities(logits)
         coords = self.grid.coordinates(density)
         if self.project_cg:
             coords = coords + self.cg_projection @ (cg.float() - self.cg_weights @ coords)
@@ -172,6 +178,5 @@ class BackmapCVAE(nn.Module):
         else:
             prior_mean, prior_log_var = torch.zeros_like(mean), torch.zeros_like(log_var)
         density, coords, decoder_logits = self._decode(cond, z, cg, aa_prev)
-        decoder_density = (torch.softmax(decoder_logits.flatten(2), dim=-1).view_as(decoder_logits)
-                           if self.previous_prior else None)
-        return Reconstruction(density, coords, mean, log_var, prior_mean, prior_log_var, decoder_density)
+        return Reconstruction(density, coords, mean, log_var, prior_mean, prior_log_var,
+                              decoder_logits if self.previous_prior else None)
