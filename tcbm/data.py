@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from tcbm.balance import conformation_weights
 from tcbm.geometry import random_rotations
 from tcbm.io import expand_paths, load_trajectory
 from tcbm.mapping import CGMapping
@@ -156,7 +157,10 @@ class BackmapDataModule(pl.LightningDataModule):
 
     def __init__(self, system: MolecularSystem, trajectories: str | Sequence[str], topology: str | None = None,
                  lag: int = 1, history: int = 1, stride: int = 1, split: str = "block", val_fraction: float = 0.1,
-                 n_blocks: int = 10, batch_size: int = 32, num_workers: int = 0, max_radius: float | None = None):
+                 n_blocks: int = 10, batch_size: int = 32, num_workers: int = 0, max_radius: float | None = None,
+                 balance: dict | None = None):
+        """``balance``: keyword arguments of :func:`tcbm.balance.conformation_weights` (``power`` > 0: training
+        triples are drawn, with replacement, with those weights of their CG^t; None or power 0: uniformly)."""
         super().__init__()
         if lag < 1 or history < 0 or batch_size < 1:
             raise ValueError(f"need lag >= 1, history >= 0, batch_size >= 1 (got {lag}, {history}, {batch_size})")
@@ -172,6 +176,10 @@ class BackmapDataModule(pl.LightningDataModule):
                     f"{radius - max_radius:.3f} nm beyond the voxel grid's usable half-width {max_radius:.3f} nm; "
                     f"increase model.grid.r_grid by at least {2 * (radius - max_radius):.2f} nm"
                 )
+        self.train_weights = None
+        if balance and balance.get("power", 0) > 0:
+            cg = [system.mapping(x) for x in np.split(self.data.xyz, self.data.offsets[1:])]
+            self.train_weights = np.concatenate(conformation_weights(cg, **balance))[self.train_idx]
 
     def dataset(self, which: str, augment: bool = True) -> TripleDataset:
         """Training triples rotate afresh every draw; validation triples keep one seeded rotation each."""
@@ -181,9 +189,12 @@ class BackmapDataModule(pl.LightningDataModule):
 
     def _loader(self, which: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(which)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=keep_batch,
+        sampler = None
+        if shuffle and self.train_weights is not None:
+            sampler, shuffle = WeightedRandomSampler(self.train_weights, len(dataset), replacement=True), False
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, collate_fn=keep_batch,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          drop_last=shuffle and len(dataset) > self.batch_size)
+                          drop_last=which == "train" and len(dataset) > self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

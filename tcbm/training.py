@@ -112,7 +112,8 @@ def train(cfg: DictConfig, progress_position: int = 0) -> Path | None:
     data = BackmapDataModule(system, trajectories, topology=cfg.data.topology, lag=cfg.data.lag, history=context,
                              stride=cfg.data.stride, split=cfg.data.split, val_fraction=cfg.data.val_fraction,
                              n_blocks=cfg.data.n_blocks, batch_size=cfg.data.batch_size,
-                             num_workers=cfg.data.num_workers, max_radius=grid.max_radius)
+                             num_workers=cfg.data.num_workers, max_radius=grid.max_radius,
+                             balance=OmegaConf.to_container(cfg.data.balance))
     if cfg.ckpt_path:
         check_checkpoint(cfg.ckpt_path, system, grid, network)
     loss = cfg.model.loss
