@@ -10,7 +10,7 @@ from deeptime.markov.msm import MarkovStateModel
 from tcbm.analysis import Evaluation, EvaluationSettings, MSMComparison, NearestNeighbourBackmapper
 from tcbm.analysis.baselines import time_shuffled
 from tcbm.analysis.fes import ramachandran
-from tcbm.analysis.msm import timescales
+from tcbm.analysis.msm import macrostates, timescales
 from tcbm.analysis.observables import clashes_per_frame, frame_speeds, l_chiral_fraction
 from tcbm.analysis.scores import js_divergence, js_of_samples, wasserstein1
 
@@ -124,6 +124,32 @@ def test_rotamer_hops_of_a_rotor_spun_at_a_known_rate_ignore_librations():
     assert hop_rates(angles, phases + np.pi / 3, dt_ps=0.5)[0] > 5 * hop_rates(angles, phases, dt_ps=0.5)[0]
 
 
+def test_macrostates_group_the_metastable_states_by_population():
+    # states {0, 1} exchange fast and hold ~80 % of the time, {2, 3} the rest; 4 is never visited
+    transition = np.array([[0.5, 0.49, 0.01, 0.0], [0.49, 0.5, 0.0, 0.01], [0.04, 0.0, 0.5, 0.46],
+                           [0.0, 0.04, 0.46, 0.5]])
+    dtraj = MarkovStateModel(transition).simulate(50_000, seed=5)
+    np.testing.assert_array_equal(macrostates(dtraj, 1, 2, n_states=5), [0, 0, 1, 1, -1])
+    with pytest.raises(ValueError, match="5 macrostates"):
+        macrostates(dtraj, 1, 5, n_states=5)
+
+
+def test_energy_error_is_located_in_its_macrostate(adp_traj, adp):
+    ref = load(adp_traj)
+    settings = EvaluationSettings(**FAST)
+    evaluation = Evaluation(settings).fit(ref, {"copy": ref[:]}, adp)
+    labels = evaluation.frame_macrostates["reference"]
+    fractions = evaluation.metrics["datasets"]["reference"]["macrostate_fractions"]
+    assert fractions == pytest.approx([np.mean(labels == 0), np.mean(labels == 1)]) and fractions[0] >= fractions[1]
+    # move the Ala H-alpha (neither a CG nor a phi/psi atom) by 0.03 nm in the frames of the second macrostate
+    moved = ref[:]
+    moved.xyz[labels == 1, ref.topology.select("resname ALA and name HA")[0]] += 0.03
+    result = Evaluation(settings).fit(ref, {"moved": moved}, adp).metrics["datasets"]["moved"]
+    assert result["energy_w1_by_macrostate_kJmol"][0] == pytest.approx(0.0, abs=1e-9)
+    assert result["energy_w1_by_macrostate_kJmol"][1] > 1.0
+    assert result["energy_w1_kJmol"] > 0.1
+
+
 def test_self_evaluation_is_zero_and_a_time_shuffled_copy_is_flagged(adp_traj, adp):
     ref = load(adp_traj)
     shuffled = time_shuffled(ref)
@@ -191,6 +217,8 @@ def test_cli_evaluate_writes_all_files(tmp_path, adp_traj, tiny_model):
     assert [metrics["datasets"][k]["trajectories"] for k in ("same", "noisy", "nearest-neighbour")] == [2, 2, 2]
     assert metrics["datasets"]["same"]["energy_w1_kJmol"] == 0.0 < metrics["datasets"]["noisy"]["energy_w1_kJmol"]
     assert metrics["units"]["energy"] == "kJ/mol"
+    assert all(w > 0 for w in metrics["datasets"]["noisy"]["energy_w1_by_macrostate_kJmol"])
+    assert "| energy W1 in macrostate 2 (kJ/mol; % of frames) |" in (out / "report.md").read_text()
     for figure in ("energy", "velocity", "fes", "timescales", "eigenvector_similarity", "bond_lengths"):
         assert (out / f"{figure}.png").stat().st_size > 5000
         assert f"({figure}.png)" in (out / "report.md").read_text()

@@ -16,7 +16,7 @@ import numpy as np
 
 from tcbm.analysis import observables as obs
 from tcbm.analysis.fes import TICAProjection, ca_distances, histogram2d, outside_mass, ramachandran, reference_grid
-from tcbm.analysis.msm import MSMComparison, fit_states, msm_frame_weights
+from tcbm.analysis.msm import MSMComparison, fit_states, macrostates, msm_frame_weights
 from tcbm.analysis.scores import js_divergence, js_of_samples, wasserstein1
 from tcbm.io import atomic_path
 from tcbm.systems import MolecularSystem
@@ -29,7 +29,8 @@ class EvaluationSettings:
     """Analysis settings: temperature (K), frame spacing ``dt_ps`` (None: from the reference's time
     stamps), CVs (``auto`` = Ramachandran for a single residue, TICA of Cα distances otherwise), MSM lag
     and lags (frames), clusters (None: 100 for Ramachandran, 150 for TICA), histogram bins;
-    ``fes_reweight`` weights every frame by its MSM's stationary distribution in the FES;
+    ``fes_reweight`` weights every frame by its MSM's stationary distribution in the FES; ``macrostates``:
+    metastable sets (PCCA+ of the reference's MSM) in which the energy W1 is also given (0: none);
     ``energies``: ``absolute`` compares force-field energies as they are, ``centred`` subtracts each data
     set's own median first (for a reference from another force field or solvent, whose absolute energies
     under this system's vacuum force field are not comparable, only the distributions' shapes are)."""
@@ -50,6 +51,7 @@ class EvaluationSettings:
     clash_threshold_nm: float = obs.CLASH_THRESHOLD_NM
     velocity_rescale: dict[str, float] = field(default_factory=dict)
     rotor_lags_ps: tuple[float, ...] = (1.0, 20.0, 100.0)
+    macrostates: int = 2
     seed: int = 0
     energies: str = "absolute"
 
@@ -81,6 +83,7 @@ class Evaluation:
     def __init__(self, settings: EvaluationSettings | None = None) -> None:
         self.settings = settings or EvaluationSettings()
         self.metrics: dict = {}
+        self.frame_macrostates: dict[str, np.ndarray] = {}  # per data set: each frame's macrostate (-1: none)
         self._data: dict = {}
 
     def _check(self, segments: dict[str, list[md.Trajectory]], system: MolecularSystem) -> None:
@@ -134,6 +137,7 @@ class Evaluation:
         states = fit_states(cvs["reference"], s.n_clusters or (100 if self.cv_kind == "ramachandran" else 150), s.seed)
         dtrajs = {k: split(states.transform(np.ascontiguousarray(v, dtype=np.float64)), lengths[k])
                   for k, v in cvs.items()}
+        by_macrostate = self._energy_by_macrostate(dtrajs, energies, states.n_clusters)
         weights = {k: msm_frame_weights(d, s.msm_lag) if s.fes_reweight else None for k, d in dtrajs.items()}
         hists = {k: histogram2d(v, grid, weights[k]) for k, v in cvs.items()}
         # the FES divergence counts what falls outside the reference's grid as one more bin
@@ -179,6 +183,7 @@ class Evaluation:
                     (abs(a - b) for r in rotors[name] for a, b in zip(rotors[name][r], rotors["reference"][r])),
                     default=None),
                 **free[name],
+                **by_macrostate.get(name, {}),
             }
             metrics[name] = entry
         self.metrics = {"units": UNITS, "settings": {**asdict(self.settings), "dt_ps": dt, "cv": self.cv_kind},
@@ -186,6 +191,27 @@ class Evaluation:
         self._data = {"energies": energies, "speeds": speeds, "cvs": cvs, "grid": grid, "bonds": bonds, "dt": dt,
                       "fes_weights": weights}
         return self
+
+    def _energy_by_macrostate(self, dtrajs: dict[str, list[np.ndarray]], energies: dict[str, np.ndarray],
+                              n_states: int) -> dict[str, dict]:
+        """Per data set: the fraction of its frames in each macrostate of the reference (:func:`macrostates`,
+        by decreasing population; frames outside them count in none) and the energy W1 (kJ/mol) against the
+        reference's frames of the same macrostate — where an energy error sits (e.g. one rare basin)."""
+        n_sets = self.settings.macrostates
+        if not n_sets:
+            return {}
+        try:
+            labels = macrostates(dtrajs["reference"], self.settings.msm_lag, n_sets, n_states)
+        except ValueError as err:
+            return {name: {"macrostate_error": str(err)} for name in dtrajs}
+        sets = self.frame_macrostates = {name: labels[np.concatenate(d)] for name, d in dtrajs.items()}
+        reference = sets["reference"]
+        return {name: {
+            "macrostate_fractions": [float(np.mean(frames == k)) for k in range(n_sets)],
+            "energy_w1_by_macrostate_kJmol": [
+                wasserstein1(energies[name][frames == k], energies["reference"][reference == k])
+                if np.any(frames == k) and np.any(reference == k) else None for k in range(n_sets)],
+        } for name, frames in sets.items()}
 
     def _free_atom_measures(self, segments: dict[str, list[md.Trajectory]], rotor_names: list[str],
                             angles: dict[str, list[np.ndarray]], system: MolecularSystem, dt: float

@@ -47,6 +47,20 @@ def msm_frame_weights(dtrajs: DTrajs, lag: int) -> np.ndarray:
     return np.concatenate(estimate_msm(dtrajs, lag).compute_trajectory_weights(as_list(dtrajs)))
 
 
+def macrostates(dtrajs: DTrajs, lag: int, n_sets: int, n_states: int) -> np.ndarray:
+    """Metastable set of each of ``n_states`` discrete states: PCCA+ (deeptime) of the MSM at ``lag`` frames,
+    each state assigned to its largest membership, sets numbered by decreasing stationary probability;
+    -1 for states outside the MSM's connected set."""
+    msm = estimate_msm(dtrajs, lag)
+    if n_sets > msm.n_states:
+        raise ValueError(f"{n_sets} macrostates asked for, the MSM has {msm.n_states} connected states")
+    pcca = msm.pcca(n_sets)
+    order = np.argsort(-pcca.coarse_grained_stationary_probability)
+    labels = np.full(n_states, -1)
+    labels[msm.count_model.state_symbols] = np.argsort(order)[pcca.assignments]
+    return labels
+
+
 class SeededBayesianMSM(BayesianMSM):
     """deeptime's :class:`BayesianMSM` whose transition-matrix sampler is seeded (deeptime's own draws a
     fresh random seed every time, so intervals change from run to run)."""

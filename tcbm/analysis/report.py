@@ -43,10 +43,18 @@ def metrics_table(metrics: dict) -> str:
     for rotor in reference.get("rotor_hops_per_ps", {}):
         cells = [f"{metrics['datasets'][n]['rotor_hops_per_ps'][rotor]:.3f}" for n in names]
         lines.append(f"| {rotor} rotamer hops per ps | " + " | ".join(cells) + " |")
+    for k in range(len(reference.get("macrostate_fractions", []))):
+        cells = [_macrostate_cell(metrics["datasets"][n], k) for n in names]
+        lines.append(f"| energy W1 in macrostate {k + 1} (kJ/mol; % of frames) | " + " | ".join(cells) + " |")
     for element in reference.get("free_displacement_js", {}):
         cells = [f"{metrics['datasets'][n]['free_displacement_js'][element]:.4f}" for n in names]
         lines.append(f"| CG-free {element}: frame-to-frame displacement JS | " + " | ".join(cells) + " |")
     return "\n".join(lines + timescale_rows(metrics))
+
+
+def _macrostate_cell(entry: dict, k: int) -> str:
+    value = entry["energy_w1_by_macrostate_kJmol"][k]
+    return f"{_fmt(value, '{:.2f}')} ({100 * entry['macrostate_fractions'][k]:.1f} %)"
 
 
 def timescale_rows(metrics: dict) -> list[str]:
@@ -97,6 +105,9 @@ def write_report(metrics: dict, figures: dict[str, str], out: Path) -> Path:
         "reference's (reference quantile bins with under- and overflow bins, as for every JS here). A "
         "frame-based backmapper re-invents these atoms every frame; a temporally coherent one moves them like "
         "the reference.",
+        "Macrostates: the metastable sets of the reference's MSM (PCCA+, numbered by decreasing population); every "
+        "data set's frames are assigned through their own CVs, and the energy W1 within each set says where an "
+        "energy error sits (e.g. a rare basin the model has seen little of).",
         "",
         metrics_table(metrics),
         "",
