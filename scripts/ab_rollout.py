@@ -39,7 +39,7 @@ from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings, backmap_paths
 from tcbm.data import TripleDataset
 from tcbm.energy import MMEnergy, bonded_pairs
-from tcbm.pipeline import train_configs, training_config
+from tcbm.pipeline import parse_variant, train_configs, training_config
 from tcbm.rollout import step
 from tcbm.validation import rollout_scores
 
@@ -122,8 +122,7 @@ def main() -> None:
     variants = {}
     with initialize_config_module("tcbm.conf", version_base="1.3"):
         for spec in args.variant:
-            label, _, overrides = spec.partition("=")
-            overrides = overrides.split()
+            label, overrides = parse_variant(spec)
             history = 0 if "history=0" in overrides else 1
             overrides = [o for o in overrides if o != "history=0"] + [f"trainer.max_steps={args.steps}"]
             run = out / "runs" / label.replace(" ", "_").replace("/", "-")

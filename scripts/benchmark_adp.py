@@ -27,7 +27,7 @@ from tcbm.analysis.baselines import time_shuffled
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
 from tcbm.backmap import RolloutSettings
 from tcbm.benchmark import results_page, target_row
-from tcbm.pipeline import backmap_with_baseline, simulate_runs, train_models
+from tcbm.pipeline import backmap_with_baseline, parse_variant, simulate_runs, train_models
 from tcbm.refine import RefinementSettings
 from tcbm.systems import load_system
 
@@ -99,6 +99,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="simulations and CPU trainings run this many at a time (tcbm.processes); the models' "
                              "own training times are then those of a share of the cores")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="'label=override override ...': one more tcbm model trained with these train overrides "
+                             "on the same data and evaluated as its own row (an A/B at the benchmark's scale)")
     parser.add_argument("--refine-steps", type=int, default=0,
                         help="also evaluate tcbm + this many physics-refinement steps, as its own row (0: no)")
     args = parser.parse_args()
@@ -118,7 +121,8 @@ def main() -> None:
                                 workers=args.workers)
     overrides = [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *args.overrides]
     with initialize_config_module("tcbm.conf", version_base="1.3"):
-        paths, timings = train_models(out / "runs", "adp_benchmark", train_runs, overrides, args.workers)
+        paths, timings = train_models(out / "runs", "adp_benchmark", train_runs, overrides, args.workers,
+                                      variants=dict(map(parse_variant, args.variant)))
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_paths, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0, refinement=RefinementSettings(
                                                                      steps=args.refine_steps)), device, refine="tcbm")

@@ -129,16 +129,35 @@ def simulate_runs(system: MolecularSystem, data: Path, name: str, lengths_ps: Se
     return run_in_processes(simulate, calls, workers)
 
 
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """``"label=override override ..."`` (split at the first ``=``) into the label and its train overrides."""
+    label, _, overrides = spec.partition("=")
+    if not label.strip():
+        raise ValueError(f"variant {spec!r} has no label: write 'label=override override ...'")
+    return label.strip(), overrides.split()
+
+
+def variant_folder(label: str) -> str:
+    """The run folder of a variant's model: its label, file-name safe."""
+    return "variant_" + "".join(c if c.isalnum() or c in "-." else "_" for c in label)
+
+
 def train_models(out: Path, experiment: str, trajectories: Sequence[Path], overrides: list[str], workers: int = 1,
-                 force: bool = False, folder: str = "history{history}") -> tuple[dict[str, Path], dict[str, float]]:
+                 force: bool = False, folder: str = "history{history}",
+                 variants: dict[str, list[str]] | None = None) -> tuple[dict[str, Path], dict[str, float]]:
     """tcbm and the frame-based cVAE (:data:`MODELS`) trained with ``experiment`` into ``out/<folder>``
-    (``{history}`` filled in), ``workers`` at a time on the CPU (:func:`train_configs`; models trained before
-    with the same config and data are reused unless ``force``).  Returns the artefacts by label, and the wall
-    time of the whole stage, each model's own training wall time and steps."""
-    configs = [training_config(out / folder.format(history=history), experiment, history, trajectories, overrides)
-               for history in MODELS.values()]
+    (``{history}`` filled in), and one more tcbm per ``variants`` entry (label -> extra overrides) into
+    ``out/<variant_folder(label)>``; ``workers`` at a time on the CPU (:func:`train_configs`; models trained
+    before with the same config and data are reused unless ``force``).  Returns the artefacts by label, and the
+    wall time of the whole stage, each model's own training wall time and steps."""
+    runs = {label: (out / folder.format(history=history), history, overrides) for label, history in MODELS.items()}
+    for label, extra in (variants or {}).items():
+        if label in runs:
+            raise ValueError(f"variant label {label!r} is taken by a model the benchmark always trains")
+        runs[label] = (out / variant_folder(label), MODELS["tcbm"], [*overrides, *extra])
+    configs = [training_config(run, experiment, history, trajectories, extra) for run, history, extra in runs.values()]
     started = time.perf_counter()
-    paths = dict(zip(MODELS, train_configs(configs, workers, force)))
+    paths = dict(zip(runs, train_configs(configs, workers, force)))
     timings = {"train_stage_wall_s": time.perf_counter() - started}
     for label, path in paths.items():
         metadata = BackmapModel.load(path).metadata

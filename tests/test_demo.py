@@ -1,4 +1,6 @@
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -62,3 +64,30 @@ def test_trainings_run_side_by_side_only_on_the_cpu(tmp_path, monkeypatch, accel
     assert pipeline.train_configs(configs, workers=2) == [tmp_path / "model0" / "model.pt",
                                                           tmp_path / "model1" / "model.pt"]
     assert used == [(2, workers)]
+
+
+def test_variants_train_one_more_tcbm_each_with_their_overrides(tmp_path, monkeypatch):
+    trained = []
+
+    def record(configs, workers, force):
+        trained.extend(configs)
+        return [Path(cfg.out) / "model.pt" for cfg in configs]
+
+    monkeypatch.setattr(pipeline, "train_configs", record)
+    monkeypatch.setattr(pipeline.BackmapModel, "load", lambda path: SimpleNamespace(
+        metadata={"train_wall_s": 1.0, "steps": 3}))
+    variant = pipeline.parse_variant("tcbm balanced=data.balance.power=0.5 data.balance.bins=10")
+    assert variant == ("tcbm balanced", ["data.balance.power=0.5", "data.balance.bins=10"])
+    with initialize_config_module("tcbm.conf", version_base="1.3"):
+        paths, timings = pipeline.train_models(tmp_path, "adp_quick", [tmp_path / "train.xtc"],
+                                               ["trainer.max_steps=3"], variants=dict([variant]))
+        with pytest.raises(ValueError, match="'tcbm' is taken"):
+            pipeline.train_models(tmp_path, "adp_quick", [tmp_path / "train.xtc"], [], variants={"tcbm": []})
+    assert list(paths) == ["tcbm", "frame-based cVAE", "tcbm balanced"]
+    assert paths["tcbm balanced"] == tmp_path / "variant_tcbm_balanced" / "model.pt"
+    plain, frame_based, balanced = trained
+    assert (balanced.data.balance.power, balanced.data.balance.bins, balanced.model.network.history) == (0.5, 10, 1)
+    assert plain.data.balance.power == 0.0 and frame_based.model.network.history == 0
+    assert all(cfg.trainer.max_steps == 3 for cfg in trained) and timings["train_steps[tcbm balanced]"] == 3
+    with pytest.raises(ValueError, match="no label"):
+        pipeline.parse_variant("=data.balance.power=0.5")
