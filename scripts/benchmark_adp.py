@@ -69,15 +69,22 @@ def simulate_split(system, data: Path, name: str, total_ps: float, runs: int, al
                          [ALPHA_L if k < alpha_l_runs else [] for k in range(runs)], workers, chunk_frames=10_000)
 
 
-def phi_summary(trajectories) -> str:
-    """Fraction of frames with phi > 0 and the number of phi sign changes (runs pooled)."""
+def phi_summary(trajectories, macrostates=None) -> str:
+    """Fraction of frames with phi > 0, the number of phi sign changes (runs pooled) and, given the reference's
+    per-frame macrostates (Evaluation.frame_macrostates), the share of phi > 0 frames in each: when the
+    slowest process is phi's, one macrostate holds the phi > 0 frames."""
     import mdtraj as md
     import numpy as np
 
     phi = [md.compute_phi(t)[1][:, 0] for t in trajectories]
     positive = np.concatenate([p > 0 for p in phi])
     crossings = sum(int((np.diff((p > 0).astype(int)) != 0).sum()) for p in phi)
-    return f"{100 * positive.mean():.1f} % of frames at phi > 0, {crossings} phi sign changes"
+    line = f"{100 * positive.mean():.1f} % of frames at phi > 0, {crossings} phi sign changes"
+    if macrostates is not None and macrostates.max() >= 0:
+        line += "; MSM macrostates (PCCA+): " + ", ".join(
+            f"{k + 1}: {100 * np.mean(macrostates == k):.1f} % of the frames, {100 * positive[macrostates == k].mean():.1f} "
+            "% of them at phi > 0" for k in range(macrostates.max() + 1) if np.any(macrostates == k))
+    return line
 
 
 def main() -> None:
@@ -136,7 +143,7 @@ def main() -> None:
     data_line = (f"{args.train_ps / 1000:g} ns training in {args.runs} independent run(s), {args.alpha_l_runs} of "
                  f"them started in alphaL; {args.test_ps / 1000:g} ns held-out in {test_runs}, {test_alpha_l} started "
                  f"in alphaL; OBC implicit solvent, 300 K, 1 ps frames. Held-out reference: "
-                 f"{phi_summary(reference)}. Control row '{SHUFFLED}': the held-out frames in random order "
+                 f"{phi_summary(reference, evaluation.frame_macrostates.get('reference'))}. Control row '{SHUFFLED}': the held-out frames in random order "
                  "(every per-frame score exact, no dynamics; its CG is shuffled too).")
     page = results_page("ADP quality benchmark", data_line, evaluation.metrics, targets(evaluation.metrics), timings,
                         device)
