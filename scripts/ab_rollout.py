@@ -39,7 +39,7 @@ from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings, backmap_paths
 from tcbm.data import TripleDataset
 from tcbm.energy import MMEnergy, bonded_pairs
-from tcbm.pipeline import parse_variant, train_configs, training_config
+from tcbm.pipeline import parse_variant, train_configs, training_config, variant_folder
 from tcbm.rollout import step
 from tcbm.validation import rollout_scores
 
@@ -125,7 +125,7 @@ def main() -> None:
             label, overrides = parse_variant(spec)
             history = 0 if "history=0" in overrides else 1
             overrides = [o for o in overrides if o != "history=0"] + [f"trainer.max_steps={args.steps}"]
-            run = out / "runs" / label.replace(" ", "_").replace("/", "-")
+            run = out / "runs" / variant_folder(label)
             variants[label] = (run, history, overrides,
                                training_config(run, "adp_quick", history, train_runs, overrides))
     started = time.perf_counter()

@@ -137,7 +137,7 @@ class Evaluation:
         states = fit_states(cvs["reference"], s.n_clusters or (100 if self.cv_kind == "ramachandran" else 150), s.seed)
         dtrajs = {k: split(states.transform(np.ascontiguousarray(v, dtype=np.float64)), lengths[k])
                   for k, v in cvs.items()}
-        by_macrostate = self._energy_by_macrostate(dtrajs, energies, states.n_clusters)
+        self.frame_macrostates, by_macrostate = self._energy_by_macrostate(dtrajs, energies, states.n_clusters)
         weights = {k: msm_frame_weights(d, s.msm_lag) if s.fes_reweight else None for k, d in dtrajs.items()}
         hists = {k: histogram2d(v, grid, weights[k]) for k, v in cvs.items()}
         # the FES divergence counts what falls outside the reference's grid as one more bin
@@ -193,20 +193,20 @@ class Evaluation:
         return self
 
     def _energy_by_macrostate(self, dtrajs: dict[str, list[np.ndarray]], energies: dict[str, np.ndarray],
-                              n_states: int) -> dict[str, dict]:
-        """Per data set: the fraction of its frames in each macrostate of the reference (:func:`macrostates`,
-        by decreasing population; frames outside them count in none) and the energy W1 (kJ/mol) against the
+                              n_states: int) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        """Each data set's per-frame macrostate of the reference (:func:`macrostates`, by decreasing population;
+        -1: none), and per data set the fraction of its frames in each and the energy W1 (kJ/mol) against the
         reference's frames of the same macrostate — where an energy error sits (e.g. one rare basin)."""
         n_sets = self.settings.macrostates
         if not n_sets:
-            return {}
+            return {}, {}
         try:
             labels = macrostates(dtrajs["reference"], self.settings.msm_lag, n_sets, n_states)
         except ValueError as err:
-            return {name: {"macrostate_error": str(err)} for name in dtrajs}
-        sets = self.frame_macrostates = {name: labels[np.concatenate(d)] for name, d in dtrajs.items()}
+            return {}, {name: {"macrostate_error": str(err)} for name in dtrajs}
+        sets = {name: labels[np.concatenate(d)] for name, d in dtrajs.items()}
         reference = sets["reference"]
-        return {name: {
+        return sets, {name: {
             "macrostate_fractions": [float(np.mean(frames == k)) for k in range(n_sets)],
             "energy_w1_by_macrostate_kJmol": [
                 wasserstein1(energies[name][frames == k], energies["reference"][reference == k])
