@@ -42,6 +42,8 @@ def build_model(name: str) -> BackmapModel:
         cfg = compose("train", overrides=[f"model={name}"])
     system = load_system("adp")
     network_config = OmegaConf.to_container(cfg.model.network)
+    if network_config["constrain_hbonds"] == "auto":  # as trained on `tcbm simulate` data (bonds to H constrained)
+        network_config["constrain_hbonds"] = True
     torch.manual_seed(0)
     network = BackmapCVAE.for_system(system, VoxelGrid(**cfg.model.grid), **network_config)
     rng = np.random.default_rng(0)

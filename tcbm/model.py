@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tcbm.constraints import BondConstraints, hydrogen_bonds
 from tcbm.geometry import superpose
 from tcbm.networks import Decoder, Encoder
 from tcbm.voxels import VoxelGrid
@@ -47,18 +48,29 @@ class BackmapCVAE(nn.Module):
     CG^t, for the condition and the previous-frame prior alike, so the network sees where every atom was
     relative to the current CG instead of the molecule's tumbling between frames (ADP at 1 ps frames:
     CG-free atoms 0.26 nm from their next positions after the centroid shift alone, 0.10 nm aligned).
-    It needs the CG map too (:meth:`for_system`) and at least 3 beads."""
+    It needs the CG map too (:meth:`for_system`) and at least 3 beads.
+
+    With ``constrain_hbonds`` every hydrogen outside the CG map is finally moved along its bond to the force
+    field's length (:mod:`tcbm.constraints`), as in reference data simulated with those bonds constrained; it
+    needs the table of those bonds, ``hbonds`` ((m, 2) heavy atom and hydrogen, (m,) nm; :meth:`for_system`)."""
 
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
                  depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True,
                  latent_input: bool = False, output_skip: bool = False, project_cg: bool | str = False,
                  conditional_prior: bool = False, prior_min_spacings: float = 0.0, align_previous: bool = False,
-                 cg_map: tuple[np.ndarray, np.ndarray | None] | None = None) -> None:
+                 constrain_hbonds: bool = False, cg_map: tuple[np.ndarray, np.ndarray | None] | None = None,
+                 hbonds: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__()
         if grid.d % 2:
             raise ValueError(f"the decoder halves the grid once: grid.d must be even, got {grid.d}")
         if (project_cg or align_previous) and cg_map is None:
             raise ValueError("project_cg and align_previous need the system's CG map: build the model with "
+                             "BackmapCVAE.for_system")
+        if not isinstance(constrain_hbonds, bool):
+            raise ValueError(f"constrain_hbonds must be a bool (resolve 'auto' with "
+                             f"tcbm.constraints.resolve_hbond_constraints), got {constrain_hbonds!r}")
+        if constrain_hbonds and hbonds is None:
+            raise ValueError("constrain_hbonds needs the system's bonds to hydrogen: build the model with "
                              "BackmapCVAE.for_system")
         if align_previous and n_beads < 3:
             raise ValueError(f"align_previous superposes previous frames on their CG: needs >= 3 beads, got {n_beads}")
@@ -67,6 +79,7 @@ class BackmapCVAE(nn.Module):
             self.register_buffer("cg_weights", torch.as_tensor(cg_map[0], dtype=torch.float32), persistent=False)
         if project_cg:
             self.register_buffer("cg_projection", torch.as_tensor(cg_map[1], dtype=torch.float32), persistent=False)
+        self.hbond_constraints = BondConstraints(*hbonds) if constrain_hbonds else None
         self.n_atoms, self.n_beads, self.grid, self.history = n_atoms, n_beads, grid, history
         self.latent_dim, self.channels_last, self.conditional_prior = latent_dim, channels_last, conditional_prior
         cond_channels = n_beads + history * n_atoms
@@ -91,7 +104,12 @@ class BackmapCVAE(nn.Module):
             cg_map = (system.mapping.weights, system.mapping.projection(bonds, kind))
         elif config.get("align_previous"):
             cg_map = (system.mapping.weights, None)
-        return cls(system.n_atoms, system.n_beads, grid, cg_map=cg_map, **config)
+        hbonds = None
+        if config.get("constrain_hbonds"):  # hydrogens in the CG map stay where the CG projection put them
+            pairs, lengths = hydrogen_bonds(system)
+            free = ~system.mapping.weights[:, pairs[:, 1]].any(0)
+            hbonds = (pairs[free], lengths[free])
+        return cls(system.n_atoms, system.n_beads, grid, cg_map=cg_map, hbonds=hbonds, **config)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
@@ -156,6 +174,8 @@ class BackmapCVAE(nn.Module):
         coords = self.grid.coordinates(density)
         if self.project_cg:
             coords = coords + self.cg_projection @ (cg.float() - self.cg_weights @ coords)
+        if self.hbond_constraints is not None:
+            coords = self.hbond_constraints(coords)
         return density, coords, decoder_logits
 
     def generate(self, cond: torch.Tensor, noise: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None = None

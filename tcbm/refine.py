@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tcbm.constraints import BondConstraints, hydrogen_bonds
 from tcbm.energy import MMEnergy
 from tcbm.losses import KB
 from tcbm.systems import MolecularSystem
@@ -48,24 +49,12 @@ class Refiner(torch.nn.Module):
         weights = torch.as_tensor(system.mapping.weights, dtype=torch.float64)
         self.register_buffer("weights", weights, persistent=False)
         self.register_buffer("pseudo_inverse", torch.linalg.pinv(weights), persistent=False)
-        hydrogen = [atom.element.symbol == "H" for atom in system.topology.atoms]
-        rows = [(i, j, r0) if hydrogen[j] else (j, i, r0) for (i, j), r0 in
-                zip(self.energy.bond_index.tolist(), self.energy.bond_param[:, 0].tolist())
-                if settings.constrain_hbonds and hydrogen[i] != hydrogen[j]]
-        self.register_buffer("hbond_index", torch.as_tensor([r[:2] for r in rows], dtype=torch.long).view(-1, 2),
-                             persistent=False)
-        self.register_buffer("hbond_length", torch.as_tensor([r[2] for r in rows], dtype=torch.float64),
-                             persistent=False)
+        self.constraints = BondConstraints(*hydrogen_bonds(system)) if settings.constrain_hbonds else None
 
     def project(self, x: torch.Tensor, cg: torch.Tensor) -> torch.Tensor:
         """``x`` moved minimally so that f_cg(x) = ``cg``, then with its X–H bonds at their lengths."""
         x = x + self.pseudo_inverse @ (cg - self.weights @ x)
-        if len(self.hbond_index):
-            heavy, hydrogen = self.hbond_index[:, 0], self.hbond_index[:, 1]
-            bond = x[:, hydrogen] - x[:, heavy]
-            x = x.index_copy(1, hydrogen, x[:, heavy] + bond * (self.hbond_length[:, None] / bond.norm(dim=-1,
-                                                                                                    keepdim=True)))
-        return x
+        return self.constraints(x) if self.constraints is not None else x
 
     def forward(self, x: torch.Tensor, cg: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Refined frames (B, N, 3) float32; ``noise`` (B, steps, N, 3) are standard normal draws."""

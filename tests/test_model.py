@@ -152,6 +152,8 @@ def test_train_end_to_end_and_resume_checks(tmp_path, adp_traj, adp, cln):
     model = BackmapModel.load(path)
     assert model.sampler.latent_dim == 2 and (tmp_path / "checkpoints" / "last.ckpt").exists()
     assert list((tmp_path / "logs").rglob("metrics.csv"))
+    # constrain_hbonds: auto, resolved on the (constrained) training data and kept with the weights
+    assert model.network_config["constrain_hbonds"] is True and model.network.hbond_constraints is not None
     with pytest.raises(ValueError, match=r"system 'adp' \(22 atoms\) vs 'cln' \(138 atoms\)"):
         check_checkpoint(tmp_path / "checkpoints" / "last.ckpt", cln, model.grid, model.network_config)
     from tcbm.voxels import VoxelGrid

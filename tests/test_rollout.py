@@ -134,9 +134,9 @@ def test_refinement_thermalises_distorted_frames_on_the_cg(adp_traj, adp):
     assert u_bad - u_ref > 300  # the distortion costs hundreds of kJ/mol
     assert abs(u_new - u_ref) < 40  # refinement brings the energy back to the thermal range
     assert torch.allclose(adp.mapping(refined), cg, atol=1e-5)  # restrained to the CG exactly
-    heavy, hydrogen = refiner.hbond_index[:, 0], refiner.hbond_index[:, 1]
+    heavy, hydrogen = refiner.constraints.pairs[:, 0], refiner.constraints.pairs[:, 1]
     lengths = (refined[:, hydrogen] - refined[:, heavy]).norm(dim=-1).double()
-    assert len(hydrogen) == 12 and torch.allclose(lengths, refiner.hbond_length.expand_as(lengths), atol=1e-5)
+    assert len(hydrogen) == 12 and torch.allclose(lengths, refiner.constraints.lengths.expand_as(lengths), atol=1e-5)
 
 
 def test_refined_rollouts_do_not_depend_on_batching(tiny_model, cg_inputs):

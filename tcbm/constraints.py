@@ -1,0 +1,78 @@
+"""Bonds to hydrogen held at their force-field lengths, as in reference simulations run with
+``constraints=HBonds`` (every ``tcbm simulate`` run): the hydrogen moves along its bond, the heavy atom stays.
+
+Used by the model's coordinate read-out (``network.constrain_hbonds``) and by the physics refinement, so a
+backmapped frame obeys the same holonomic constraints as the trajectory it was trained on.  Whether the
+training data have them is read from the data (:func:`hbonds_constrained_in`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import openmm
+import torch
+from torch import nn
+
+from tcbm.systems import MolecularSystem
+
+#: a bond to hydrogen whose length varies less than this (standard deviation over frames, nm) is constrained;
+#: a flexible C–H bond at 300 K varies by sqrt(kT/k) ≈ 0.003 nm, an xtc-stored constrained one by < 0.0005 nm
+CONSTRAINED_SD_NM = 0.0015
+
+
+def hydrogen_bonds(system: MolecularSystem) -> tuple[np.ndarray, np.ndarray]:
+    """The bonds between a heavy atom and a hydrogen in the force field of ``system``: index pairs (m, 2) as
+    (heavy atom, hydrogen) and their equilibrium lengths (m,) nm."""
+    hydrogen = [atom.element.symbol == "H" for atom in system.topology.atoms]
+    pairs, lengths = [], []
+    omm_system = system.openmm_system()  # kept alive: its forces are views into it
+    for force in omm_system.getForces():
+        if isinstance(force, openmm.HarmonicBondForce):
+            for n in range(force.getNumBonds()):
+                i, j, length, _ = force.getBondParameters(n)
+                if hydrogen[i] != hydrogen[j]:
+                    pairs.append((j, i) if hydrogen[i] else (i, j))
+                    lengths.append(length.value_in_unit(openmm.unit.nanometer))
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(lengths, dtype=np.float64)
+
+
+def hbonds_constrained_in(xyz: np.ndarray, pairs: np.ndarray, lengths: np.ndarray) -> bool:
+    """Whether the frames ``xyz`` (T, N, 3) nm hold every bond ``pairs`` at its length ``lengths``: each
+    bond's length varies by less than :data:`CONSTRAINED_SD_NM` and its mean is that length within it."""
+    if len(pairs) == 0 or len(xyz) < 2:
+        return False
+    observed = np.linalg.norm(xyz[:, pairs[:, 1]] - xyz[:, pairs[:, 0]], axis=-1)
+    return bool((observed.std(0) < CONSTRAINED_SD_NM).all()
+                and (np.abs(observed.mean(0) - lengths) < CONSTRAINED_SD_NM).all())
+
+
+class BondConstraints(nn.Module):
+    """Moves each hydrogen of ``pairs`` (m, 2; heavy atom, hydrogen) along its bond to ``lengths`` (m,) nm;
+    differentiable, any batch shape (..., N, 3), in the coordinates' dtype."""
+
+    def __init__(self, pairs: np.ndarray, lengths: np.ndarray) -> None:
+        super().__init__()
+        if len(np.unique(pairs[:, 1])) != len(pairs):
+            raise ValueError("BondConstraints moves each hydrogen along its one bond: a hydrogen is bonded twice")
+        self.register_buffer("pairs", torch.as_tensor(pairs, dtype=torch.long).view(-1, 2), persistent=False)
+        self.register_buffer("lengths", torch.as_tensor(lengths, dtype=torch.float64), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not len(self.pairs):
+            return x
+        heavy, hydrogen = self.pairs[:, 0], self.pairs[:, 1]
+        bond = x[..., hydrogen, :] - x[..., heavy, :]
+        length = self.lengths.to(x.dtype)[:, None]
+        placed = x[..., heavy, :] + bond * (length / bond.norm(dim=-1, keepdim=True).clamp_min(1e-9))
+        return x.index_copy(-2, hydrogen, placed)
+
+
+def resolve_hbond_constraints(network: dict, system: MolecularSystem, xyz: np.ndarray) -> dict:
+    """``network`` (keyword arguments of :class:`~tcbm.model.BackmapCVAE`) with ``constrain_hbonds: 'auto'``
+    replaced by whether the training frames ``xyz`` (T, N, 3) nm hold the system's bonds to hydrogen at their
+    lengths (:func:`hbonds_constrained_in`); ``true`` / ``false`` pass unchanged."""
+    setting = network.get("constrain_hbonds", False)
+    if setting == "auto":
+        setting = hbonds_constrained_in(xyz, *hydrogen_bonds(system))
+    elif not isinstance(setting, bool):
+        raise ValueError(f"model.network.constrain_hbonds must be true, false or auto, got {setting!r}")
+    return {**network, "constrain_hbonds": setting}
