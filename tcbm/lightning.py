@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -14,6 +15,7 @@ from tcbm.model import BackmapCVAE
 from tcbm.rollout import advance, step
 from tcbm.schedules import EnergyWeight, KLWeight, UnrollSchedule
 from tcbm.stereo import stereocentres
+from tcbm.symmetry import relabel_rotor_hydrogens, rotor_hydrogen_groups
 from tcbm.systems import MolecularSystem
 from tcbm.voxels import VoxelGrid
 
@@ -35,14 +37,16 @@ class CVAEModule(pl.LightningModule):
     (keyword arguments of :class:`UnrollSchedule`) replaces them by the model's own rollout for part of the
     batches (pushforward training; the batches must carry ``history + unroll.steps`` previous frames; ignored
     when ``history`` is 0);
-    ``free_bits`` (nats per latent dimension) exempts that much KL per dimension from the penalty.
+    ``free_bits`` (nats per latent dimension) exempts that much KL per dimension from the penalty;
+    ``symmetric_rotors`` relabels the hydrogens of every CH3/NH3 group of each target to the cyclic permutation
+    closest to the prediction before the loss is taken (:mod:`tcbm.symmetry`).
     """
 
     def __init__(self, system: dict, grid: dict, network: dict, weights: dict | None = None,
                  energy_weight: dict | None = None, kl_weight: dict | None = None, lr: float = 1e-3,
                  weight_decay: float = 0.0, lr_schedule: str = "none", temperature: float = 300.0,
                  lag: int = 1, compile: bool = False, prev_noise_nm: float = 0.0, unroll: dict | None = None,
-                 free_bits: float = 0.0) -> None:
+                 free_bits: float = 0.0, symmetric_rotors: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.system = MolecularSystem.from_dict(system)
@@ -56,6 +60,8 @@ class CVAEModule(pl.LightningModule):
         self.energy = MMEnergy(omm_system)
         self.register_buffer("bonds", torch.as_tensor(bonded_pairs(omm_system)), persistent=False)
         self.register_buffer("stereocentres", torch.as_tensor(stereocentres(self.system.topology)), persistent=False)
+        groups = rotor_hydrogen_groups(self.system.topology) if symmetric_rotors else np.zeros((0, 3), dtype=np.int64)
+        self.register_buffer("rotor_groups", torch.as_tensor(groups), persistent=False)
         self.forward_model = torch.compile(self.model) if compile else self.model
 
     def _terms(self, batch: dict[str, torch.Tensor], sample: bool
@@ -64,6 +70,7 @@ class CVAEModule(pl.LightningModule):
         aa, cg = batch["aa"], batch["cg"]
         out = self.forward_model(aa, cg, batch["aa_prev"], sample=sample)
         density, coords = out.density, out.coords
+        aa = relabel_rotor_hydrogens(aa, coords.detach(), self.rotor_groups)  # no-op without symmetric_rotors
         prior = {"prior_mean": out.prior_mean, "prior_log_var": out.prior_log_var}
         terms = {
             "vox": losses.vox_loss(density, self.grid.normalized(aa)),
