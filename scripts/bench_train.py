@@ -63,7 +63,8 @@ def measure(cfg, system, data: BackmapDataModule, channels_last: bool, args) -> 
     unroll["steps"] = unroll["steps"] if args.unroll else 0
     module = CVAEModule(system.to_dict(), dict(cfg.model.grid), network,
                         weights=OmegaConf.to_container(cfg.model.loss.weights), energy_weight=energy, unroll=unroll,
-                        kl_weight=OmegaConf.to_container(cfg.model.loss.kl, resolve=True))
+                        kl_weight=OmegaConf.to_container(cfg.model.loss.kl, resolve=True),
+                        symmetric_rotors=cfg.model.loss.symmetric_rotors)
     timer = StepTimer(args.warmup_steps)
     trainer = pl.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
                          precision=args.precision, max_steps=args.warmup_steps + args.steps, logger=False,
