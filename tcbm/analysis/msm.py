@@ -50,11 +50,15 @@ def msm_frame_weights(dtrajs: DTrajs, lag: int) -> np.ndarray:
 def macrostates(dtrajs: DTrajs, lag: int, n_sets: int, n_states: int) -> np.ndarray:
     """Metastable set of each of ``n_states`` discrete states: PCCA+ (deeptime) of the MSM at ``lag`` frames,
     each state assigned to its largest membership, sets numbered by decreasing stationary probability;
-    -1 for states outside the MSM's connected set."""
+    -1 for states outside the MSM's connected set.  Raises ValueError where PCCA+ cannot split the MSM (too
+    few states, or a spectrum PCCA+ cannot use, e.g. a periodic chain's eigenvalue −1)."""
     msm = estimate_msm(dtrajs, lag)
     if n_sets > msm.n_states:
         raise ValueError(f"{n_sets} macrostates asked for, the MSM has {msm.n_states} connected states")
-    pcca = msm.pcca(n_sets)
+    try:
+        pcca = msm.pcca(n_sets)
+    except AssertionError as err:  # deeptime checks the eigenvectors with assert statements
+        raise ValueError(f"PCCA+ cannot split this {msm.n_states}-state MSM (lag {lag}) into {n_sets} sets: {err}") from err
     order = np.argsort(-pcca.coarse_grained_stationary_probability)
     labels = np.full(n_states, -1)
     labels[msm.count_model.state_symbols] = np.argsort(order)[pcca.assignments]
