@@ -19,12 +19,15 @@ from tcbm.systems import MolecularSystem
 CONSTRAINED_SD_NM = 0.0015
 
 
-def hydrogen_bonds(system: MolecularSystem) -> tuple[np.ndarray, np.ndarray]:
+def hydrogen_bonds(system: MolecularSystem, omm_system: openmm.System | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """The bonds between a heavy atom and a hydrogen in the force field of ``system``: index pairs (m, 2) as
-    (heavy atom, hydrogen) and their equilibrium lengths (m,) nm."""
+    (heavy atom, hydrogen) and their equilibrium lengths (m,) nm.  ``omm_system``: the system's OpenMM
+    ``System`` where the caller has built it already (else built here)."""
     hydrogen = [atom.element.symbol == "H" for atom in system.topology.atoms]
     pairs, lengths = [], []
-    omm_system = system.openmm_system()  # kept alive: its forces are views into it
+    if omm_system is None:
+        omm_system = system.openmm_system()  # kept alive: its forces are views into it
     for force in omm_system.getForces():
         if isinstance(force, openmm.HarmonicBondForce):
             for n in range(force.getNumBonds()):
@@ -35,12 +38,16 @@ def hydrogen_bonds(system: MolecularSystem) -> tuple[np.ndarray, np.ndarray]:
     return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(lengths, dtype=np.float64)
 
 
-def hbonds_constrained_in(xyz: np.ndarray, pairs: np.ndarray, lengths: np.ndarray) -> bool:
-    """Whether the frames ``xyz`` (T, N, 3) nm hold every bond ``pairs`` at its length ``lengths``: each
-    bond's length varies by less than :data:`CONSTRAINED_SD_NM` and its mean is that length within it."""
-    if len(pairs) == 0 or len(xyz) < 2:
+def hbonds_constrained_in(xyz: np.ndarray, pairs: np.ndarray, lengths: np.ndarray,
+                          frames: np.ndarray | None = None) -> bool:
+    """Whether the frames ``xyz`` (T, N, 3) nm (only the indices ``frames`` of them, if given) hold every bond
+    ``pairs`` at its length ``lengths``: each bond's length varies by less than :data:`CONSTRAINED_SD_NM` and
+    its mean is that length within it."""
+    observed = np.linalg.norm(xyz[:, pairs[:, 1]] - xyz[:, pairs[:, 0]], axis=-1)  # (T, m): no copy of all atoms
+    if frames is not None:
+        observed = observed[frames]
+    if len(pairs) == 0 or len(observed) < 2:
         return False
-    observed = np.linalg.norm(xyz[:, pairs[:, 1]] - xyz[:, pairs[:, 0]], axis=-1)
     return bool((observed.std(0) < CONSTRAINED_SD_NM).all()
                 and (np.abs(observed.mean(0) - lengths) < CONSTRAINED_SD_NM).all())
 
@@ -66,13 +73,15 @@ class BondConstraints(nn.Module):
         return x.index_copy(-2, hydrogen, placed)
 
 
-def resolve_hbond_constraints(network: dict, system: MolecularSystem, xyz: np.ndarray) -> dict:
+def resolve_hbond_constraints(network: dict, system: MolecularSystem, xyz: np.ndarray,
+                              frames: np.ndarray | None = None) -> dict:
     """``network`` (keyword arguments of :class:`~tcbm.model.BackmapCVAE`) with ``constrain_hbonds: 'auto'``
-    replaced by whether the training frames ``xyz`` (T, N, 3) nm hold the system's bonds to hydrogen at their
-    lengths (:func:`hbonds_constrained_in`); ``true`` / ``false`` pass unchanged."""
+    replaced by whether the training frames (``xyz`` (T, N, 3) nm, or its indices ``frames``) hold the
+    system's bonds to hydrogen at their lengths (:func:`hbonds_constrained_in`); ``true`` / ``false`` pass
+    unchanged."""
     setting = network.get("constrain_hbonds", False)
     if setting == "auto":
-        setting = hbonds_constrained_in(xyz, *hydrogen_bonds(system))
+        setting = hbonds_constrained_in(xyz, *hydrogen_bonds(system), frames)
     elif not isinstance(setting, bool):
         raise ValueError(f"model.network.constrain_hbonds must be true, false or auto, got {setting!r}")
     return {**network, "constrain_hbonds": setting}

@@ -45,11 +45,12 @@ class Refiner(torch.nn.Module):
     def __init__(self, system: MolecularSystem, settings: RefinementSettings) -> None:
         super().__init__()
         self.settings = settings
-        self.energy = MMEnergy(system.openmm_system())
+        omm_system = system.openmm_system()
+        self.energy = MMEnergy(omm_system)
         weights = torch.as_tensor(system.mapping.weights, dtype=torch.float64)
         self.register_buffer("weights", weights, persistent=False)
         self.register_buffer("pseudo_inverse", torch.linalg.pinv(weights), persistent=False)
-        self.constraints = BondConstraints(*hydrogen_bonds(system)) if settings.constrain_hbonds else None
+        self.constraints = BondConstraints(*hydrogen_bonds(system, omm_system)) if settings.constrain_hbonds else None
 
     def project(self, x: torch.Tensor, cg: torch.Tensor) -> torch.Tensor:
         """``x`` moved minimally so that f_cg(x) = ``cg``, then with its X–H bonds at their lengths."""

@@ -115,7 +115,7 @@ def train(cfg: DictConfig, progress_position: int = 0) -> Path | None:
                              n_blocks=cfg.data.n_blocks, batch_size=cfg.data.batch_size,
                              num_workers=cfg.data.num_workers, max_radius=grid.max_radius,
                              balance=OmegaConf.to_container(cfg.data.balance))
-    network = resolve_hbond_constraints(network, system, data.data.xyz[data.train_idx])
+    network = resolve_hbond_constraints(network, system, data.data.xyz, data.train_idx)
     if cfg.ckpt_path:
         check_checkpoint(cfg.ckpt_path, system, grid, network)
     loss = cfg.model.loss

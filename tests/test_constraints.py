@@ -51,6 +51,9 @@ def test_detection_in_data(adp_traj, adp):
     noisy = simulated + np.random.default_rng(0).normal(0, 0.003, simulated.shape).astype(np.float32)
     assert not hbonds_constrained_in(noisy, pairs, lengths)  # ~ a flexible C-H bond's spread at 300 K
     assert not hbonds_constrained_in(simulated, pairs, lengths + 0.005)  # fixed, but at other lengths
+    mixed = np.concatenate([simulated, noisy])  # only the frames asked for count
+    assert hbonds_constrained_in(mixed, pairs, lengths, frames=np.arange(len(simulated)))
+    assert not hbonds_constrained_in(mixed, pairs, lengths)
     network = {"history": 1, "constrain_hbonds": "auto"}
     assert resolve_hbond_constraints(network, adp, simulated)["constrain_hbonds"] is True
     assert resolve_hbond_constraints(network, adp, noisy)["constrain_hbonds"] is False
