@@ -1,5 +1,6 @@
 """The model artefact: one file with everything inference needs — network weights, latent GMM,
-system (topology, mapping, force field), grid settings and the seed library of training frames."""
+system (topology, mapping, force field), grid settings, the seed library of training frames and, for models
+that learn rotor groups up to relabelling, the rotor-hop Markov chains."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tcbm.fingerprint import digest
 from tcbm.io import atomic_path
 from tcbm.latent import LatentSampler
 from tcbm.model import BackmapCVAE
+from tcbm.rotor_hops import RotorHops
 from tcbm.systems import MolecularSystem
 from tcbm.voxels import VoxelGrid
 
@@ -41,13 +43,16 @@ class SeedLibrary:
 
 
 class BackmapModel:
-    """A trained backmapper: :class:`BackmapCVAE` + :class:`LatentSampler` + system + seed library."""
+    """A trained backmapper: :class:`BackmapCVAE` + :class:`LatentSampler` + system + seed library, and the
+    :class:`RotorHops` its rollouts draw rotor hops from (None: the network's labels are kept)."""
 
     def __init__(self, network: BackmapCVAE, network_config: dict, system: MolecularSystem, sampler: LatentSampler,
-                 library: SeedLibrary, lag: int = 1, metadata: dict | None = None) -> None:
+                 library: SeedLibrary, lag: int = 1, metadata: dict | None = None,
+                 rotor_hops: RotorHops | None = None) -> None:
         self.network, self.network_config, self.system = network.eval(), network_config, system
         self.sampler, self.library, self.lag = sampler, library, lag
         self.metadata = metadata or {}
+        self.rotor_hops = rotor_hops
 
     @property
     def grid(self) -> VoxelGrid:
@@ -55,12 +60,12 @@ class BackmapModel:
 
     def fingerprint(self) -> str:
         """Content hash of everything that shapes a rollout: system, network (config and weights), latent
-        sampler, seed library and lag; equal for a model and its saved-and-loaded copy."""
+        sampler, seed library, lag and rotor hops; equal for a model and its saved-and-loaded copy."""
         weights = [(k, v.detach().cpu().numpy()) for k, v in sorted(self.network.state_dict().items())]
         sampler = {k: np.asarray(v) for k, v in sorted(self.sampler.to_dict().items())}
         return digest(self.system.to_dict(), self.network_config, self.lag, *[x for kv in weights for x in kv],
                       *[x for kv in sampler.items() for x in kv], self.library.cg, self.library.aa,
-                      self.library.aa_prev)
+                      self.library.aa_prev, *([] if self.rotor_hops is None else [self.rotor_hops.to_dict()]))
 
     def save(self, path: str | Path) -> Path:
         state = {
@@ -73,6 +78,7 @@ class BackmapModel:
             "library": {"cg": self.library.cg, "aa": self.library.aa, "aa_prev": self.library.aa_prev},
             "lag": self.lag,
             "metadata": self.metadata,
+            "rotor_hops": None if self.rotor_hops is None else self.rotor_hops.to_dict(),
         }
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
@@ -92,5 +98,7 @@ class BackmapModel:
         system = MolecularSystem.from_dict(state["system"])
         network = BackmapCVAE.for_system(system, VoxelGrid(**state["grid"]), **state["network_config"])
         network.load_state_dict(state["state_dict"])
+        hops = state.get("rotor_hops")  # absent from artefacts written before rotor hops existed
         return cls(network.to(device), state["network_config"], system, LatentSampler.from_dict(state["sampler"]),
-                   SeedLibrary(**state["library"]), state["lag"], state.get("metadata"))
+                   SeedLibrary(**state["library"]), state["lag"], state.get("metadata"),
+                   None if hops is None else RotorHops.from_dict(hops))

@@ -62,8 +62,10 @@ class RolloutSettings:
     the latent draws' spread: 1 samples the fitted distribution, below 1 trades diversity for typical
     frames, 0 decodes the mean), ``seed``,
     ``batch_size`` (rollouts advanced together), ``chunk_frames`` (frames per disk write), autocast dtype,
-    ``cuda_graph`` (replay each step as a captured CUDA graph on GPUs; ignored on CPU) and the optional
-    physics ``refinement`` of every frame (off unless ``refinement.steps`` > 0)."""
+    ``cuda_graph`` (replay each step as a captured CUDA graph on GPUs; ignored on CPU), the optional
+    physics ``refinement`` of every frame (off unless ``refinement.steps`` > 0) and ``rotor_hops`` (draw the
+    CH3/NH3 rotamers from the model's rotor Markov chains, :mod:`tcbm.rotor_hops`, where it has them;
+    false keeps the labels the network outputs)."""
 
     samples: int = 1
     latent: str = "gmm"
@@ -75,6 +77,7 @@ class RolloutSettings:
     cuda_graph: bool = True
     progress: bool = True
     refinement: RefinementSettings = field(default_factory=RefinementSettings)
+    rotor_hops: bool = True
 
     def __post_init__(self) -> None:
         if self.latent not in ("gmm", "prior"):
@@ -90,21 +93,24 @@ class RolloutSettings:
         """The settings that shape the frames (not batch size, device, graphs or progress bars)."""
         return {"samples": self.samples, "latent": self.latent, "latent_temperature": self.latent_temperature,
                 "seed": self.seed, "chunk_frames": self.chunk_frames,
-                "autocast": self.autocast, "refinement": asdict(self.refinement)}
+                "autocast": self.autocast, "refinement": asdict(self.refinement), "rotor_hops": self.rotor_hops}
 
 
 @dataclass
 class RandomStreams:
-    """The per-row random generators of a rollout: latents, and refinement noise (empty when off)."""
+    """The per-row random generators of a rollout: latents, refinement noise and rotor hops (empty when off)."""
 
     latent: list[torch.Generator]
     refine: list[torch.Generator]
+    rotor: list[torch.Generator]
+
+    NAMES = ("latent", "refine", "rotor")
 
     def state(self) -> dict[str, list[torch.Tensor]]:
-        return {"latent": [g.get_state() for g in self.latent], "refine": [g.get_state() for g in self.refine]}
+        return {name: [g.get_state() for g in getattr(self, name)] for name in self.NAMES}
 
     def restore(self, state: dict[str, list[torch.Tensor]]) -> None:
-        for name in ("latent", "refine"):
+        for name in self.NAMES:
             for generator, saved in zip(getattr(self, name), state[name], strict=True):
                 generator.set_state(saved)
 
@@ -120,6 +126,7 @@ class Backmapper:
         self.sampler = model.sampler if self.settings.latent == "gmm" else LatentSampler.prior(model.network.latent_dim)
         self.refiner = Refiner(model.system, self.settings.refinement).to(self.device) \
             if self.settings.refinement.steps else None
+        self.rotor_hops = model.rotor_hops if self.settings.rotor_hops else None
         self.library_cg = torch.as_tensor(model.library.cg, device=self.device)
         self.library_prev = torch.as_tensor(model.library.aa_prev, device=self.device)
         self.graphs = {} if self.settings.cuda_graph else None  # captured rollout steps, by batch shape
@@ -138,26 +145,34 @@ class Backmapper:
         return superpose(prev_cg, cg0, carry=prev.reshape(len(cg0), -1, 3)).reshape(prev.shape)
 
     def streams(self, keys: Sequence[tuple[object, int]]) -> RandomStreams:
-        """One random stream per (input name, sample) for latents and one for refinement noise, so results
-        depend neither on batching nor on which process handles an input."""
+        """One random stream per (input name, sample) for latents, one for refinement noise and one for rotor
+        hops, so results depend neither on batching nor on which process handles an input."""
 
         def generators(stream: str) -> list[torch.Generator]:
             return [torch.Generator().manual_seed(zlib.crc32(f"{self.settings.seed}/{i}/{s}{stream}".encode()))
                     for i, s in keys]
 
-        return RandomStreams(generators(""), generators("/refine") if self.refiner is not None else [])
+        return RandomStreams(generators(""), generators("/refine") if self.refiner is not None else [],
+                             generators("/rotor") if self.rotor_hops is not None else [])
 
-    def _refine(self, generators: list[torch.Generator]):
-        """The per-frame refinement of :func:`roll` drawing its noise from ``generators`` (None when off)."""
-        if self.refiner is None:
+    def _postprocess(self, streams: RandomStreams):
+        """What :func:`roll` does to every decoded frame: the physics refinement, then the rotor hops, each
+        drawing its randomness from its own ``streams`` (None when both are off)."""
+        if self.refiner is None and self.rotor_hops is None:
             return None
         shape = (self.settings.refinement.steps, self.model.system.n_atoms, 3)
+        n_groups = 0 if self.rotor_hops is None else len(self.rotor_hops.groups)
 
-        def refine(frame: torch.Tensor, cg: torch.Tensor) -> torch.Tensor:
-            noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
-            return self.refiner(frame, cg, noise)
+        def postprocess(frame: torch.Tensor, cg: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+            if self.refiner is not None:
+                noise = torch.stack([torch.randn(shape, generator=g) for g in streams.refine]).to(self.device)
+                frame = self.refiner(frame, cg, noise)
+            if self.rotor_hops is not None:
+                uniforms = torch.stack([torch.rand(n_groups, generator=g) for g in streams.rotor]).to(self.device)
+                frame = self.rotor_hops.step(frame, previous[:, 0], uniforms)
+            return frame
 
-        return refine
+        return postprocess
 
     @torch.inference_mode()
     def rollout(self, cg: torch.Tensor, keys: Sequence[tuple[object, int]], structure: np.ndarray | None = None,
@@ -179,7 +194,7 @@ class Backmapper:
         if previous is None:
             previous = self.seed_frames(cg[:, 0], structure)
         yield from roll(self.network, cg, previous.to(self.device, torch.float32), latents, chunk,
-                        self.settings.autocast, self._refine(streams.refine), self.graphs)
+                        self.settings.autocast, self._postprocess(streams), self.graphs)
 
     def backmap(self, cg_trajectories: Sequence[np.ndarray], structure: np.ndarray | None = None) -> list[np.ndarray]:
         """In-memory API: all-atom trajectories (T, N, 3) for each CG trajectory (T, n, 3) and sample,
@@ -415,7 +430,7 @@ def backmap_files(cfg) -> list[Path]:
     settings = RolloutSettings(samples=cfg.samples, latent=cfg.latent, latent_temperature=cfg.latent_temperature,
                                seed=cfg.seed, batch_size=cfg.batch_size,
                                chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, cuda_graph=cfg.cuda_graph,
-                               progress=cfg.progress,
+                               progress=cfg.progress, rotor_hops=cfg.rotor_hops,
                                refinement=RefinementSettings(**OmegaConf.to_container(cfg.refine, resolve=True)))
     inputs = distributed_share(expand_paths(list(cfg.cg) if not isinstance(cfg.cg, str) else cfg.cg))
     model = BackmapModel.load(cfg.model)

@@ -81,12 +81,13 @@ def advance(previous: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
 def roll(network: BackmapCVAE, cg: torch.Tensor, previous: torch.Tensor,
          latents: Callable[[int, int], torch.Tensor], chunk_frames: int | None = None,
          autocast: str | None = None,
-         refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+         postprocess: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
          graphs: dict | None = None) -> Iterator[torch.Tensor]:
     """Roll CG trajectories ``cg`` (B, T, n, 3) out from the seed frames ``previous`` (B, k, N, 3), each
     step fed the model's own previous output; yields chunks (B, t, N, 3) of ``chunk_frames`` frames
     (all T at once if None).  ``latents(start, stop)`` returns z (B, stop − start, latent) for those frames;
-    ``refine(frame, cg_t)``, if given, post-processes every frame before it is output and fed back.
+    ``postprocess(frame, cg_t, previous)``, if given, changes every frame before it is output and fed back
+    (refinement, rotor hops; ``previous`` is the stack the frame was decoded from).
     With a dict ``graphs`` and ``cg`` on a CUDA device, the step is replayed as a :class:`CapturedStep`,
     kept in ``graphs`` by input shape for later calls (call under ``torch.inference_mode``); otherwise
     it runs eagerly."""
@@ -106,8 +107,8 @@ def roll(network: BackmapCVAE, cg: torch.Tensor, previous: torch.Tensor,
             else:
                 with amp:
                     frame = step(network, cg[:, t], previous, z[:, t - start])
-            if refine is not None:
-                frame = refine(frame, cg[:, t])
+            if postprocess is not None:
+                frame = postprocess(frame, cg[:, t], previous)
             frames.append(frame)
             previous = advance(previous, frame)
         yield torch.stack(frames, dim=1)

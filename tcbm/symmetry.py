@@ -5,7 +5,8 @@ A regression loss on labelled positions cannot tell a fast methyl's rotamers apa
 labels went, and averages them: the read-out then puts the hydrogens between rotamers (collapsed H–C–H
 angles, hundreds of kJ/mol).  Relabelling each target to the cyclic permutation closest to the prediction
 before the loss is taken (as AlphaFold renames ambiguous side-chain atoms) removes that ambiguity.  Only cyclic
-permutations are used: swapping two hydrogens is a reflection, not a turn."""
+permutations are used: swapping two hydrogens is a reflection, not a turn.  Which rotamer the labels then sit
+in along a rollout is drawn by :mod:`tcbm.rotor_hops`."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from tcbm.fingerprint import digest, file_digest
 from tcbm.io import expand_paths
 from tcbm.latent import fit_sampler
 from tcbm.lightning import CVAEModule
+from tcbm.rotor_hops import RotorHopEstimator
 from tcbm.systems import MolecularSystem, load_system
 from tcbm.validation import RolloutValidation, RolloutValidationSettings, rollout_windows
 from tcbm.voxels import VoxelGrid
@@ -77,13 +78,19 @@ def _selected_checkpoint(cfg: DictConfig, best: ModelCheckpoint, last: Path) -> 
     return last
 
 
+#: what ``tcbm train`` writes beyond the config's say: raised when the same config and data start making a
+#: different artefact, so reruns retrain older ones (2: the rotor-hop Markov chains)
+RECIPE = 2
+
+
 def training_fingerprint(cfg: DictConfig) -> dict:
-    """What a trained model depends on: the resolved config (its output folder aside) and the contents of
-    the training trajectories.  Stored in the artefact's metadata; reruns compare it before reusing one."""
+    """What a trained model depends on: the resolved config (its output folder aside), the contents of the
+    training trajectories and the :data:`RECIPE`.  Stored in the artefact's metadata; reruns compare it before
+    reusing one."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("out", None)
     trajectories = config["data"]["trajectories"]
-    return {"config": digest(config),
+    return {"config": digest(config), "recipe": RECIPE,
             "trajectories": [file_digest(p) for p in expand_paths(trajectories)]}
 
 
@@ -160,5 +167,11 @@ def train(cfg: DictConfig, progress_position: int = 0) -> Path | None:
                               else float(checkpoints.best_model_score)},
                 "trajectories": data.data.sources, "config": OmegaConf.to_container(cfg, resolve=True),
                 "fingerprint": training_fingerprint(cfg)}
-    model = BackmapModel(module.model.cpu(), network, system, sampler, library, cfg.data.lag, metadata)
+    # a network trained up to rotor relabelling gets the rotor Markov chains its rollouts draw hops from; the
+    # frame-based model (history 0) has no previous frame to hop from
+    rotor_hops = None
+    if loss.symmetric_rotors and network["history"]:
+        pairs = np.stack([data.train_idx - cfg.data.lag, data.train_idx], axis=1)
+        rotor_hops = RotorHopEstimator().fit(data.data.xyz, pairs, system.topology).fetch_model()
+    model = BackmapModel(module.model.cpu(), network, system, sampler, library, cfg.data.lag, metadata, rotor_hops)
     return model.save(out / "model.pt")

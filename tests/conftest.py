@@ -49,6 +49,22 @@ def tiny_model(adp_traj, adp):
 
 
 @pytest.fixture(scope="session")
+def tiny_model_with_hops(tiny_model, adp_traj):
+    """:func:`tiny_model` with rotor-hop Markov chains fitted to the tiny trajectory's consecutive frames."""
+    import mdtraj as md
+    import numpy as np
+
+    from tcbm.artifact import BackmapModel
+    from tcbm.rotor_hops import RotorHopEstimator
+
+    traj = md.load(str(adp_traj[0]), top=str(adp_traj[1]))
+    pairs = np.stack([np.arange(traj.n_frames - 1), np.arange(1, traj.n_frames)], axis=1)
+    hops = RotorHopEstimator().fit(traj.xyz, pairs, traj.topology).fetch_model()
+    m = tiny_model
+    return BackmapModel(m.network, m.network_config, m.system, m.sampler, m.library, m.lag, rotor_hops=hops)
+
+
+@pytest.fixture(scope="session")
 def cg_inputs(tmp_path_factory, adp_traj, adp):
     """Three CG trajectories (h5, 6 beads) cut from the tiny ADP trajectory, of 30, 25 and 20 frames."""
     import mdtraj as md

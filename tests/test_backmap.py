@@ -100,11 +100,12 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model, cg_inputs
 
 
 @pytest.mark.parametrize("kill_after_state", [True, False])
-def test_rollout_killed_mid_trajectory_resumes_to_the_same_file(tmp_path, tiny_model, cg_inputs, monkeypatch,
-                                                                 kill_after_state):
+def test_rollout_killed_mid_trajectory_resumes_to_the_same_file(tmp_path, tiny_model_with_hops, cg_inputs,
+                                                                 monkeypatch, kill_after_state):
     import tcbm.resume
 
-    settings = {"chunk_frames": 4, "refinement": RefinementSettings(steps=2)}  # latents and refinement noise
+    tiny_model = tiny_model_with_hops  # random streams for latents, refinement noise and rotor hops
+    settings = {"chunk_frames": 4, "refinement": RefinementSettings(steps=2)}
     reference = run(tiny_model, cg_inputs, tmp_path / "ref", **settings)
     original, saves = tcbm.resume.RolloutProgress.save, []
 

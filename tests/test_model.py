@@ -154,6 +154,8 @@ def test_train_end_to_end_and_resume_checks(tmp_path, adp_traj, adp, cln):
     assert list((tmp_path / "logs").rglob("metrics.csv"))
     # constrain_hbonds: auto, resolved on the (constrained) training data and kept with the weights
     assert model.network_config["constrain_hbonds"] is True and model.network.hbond_constraints is not None
+    # symmetric rotors (default) and a previous frame: the rotor-hop chains of the three ADP methyls come along
+    assert model.rotor_hops is not None and model.rotor_hops.transition_matrices.shape == (3, 3, 3)
     with pytest.raises(ValueError, match=r"system 'adp' \(22 atoms\) vs 'cln' \(138 atoms\)"):
         check_checkpoint(tmp_path / "checkpoints" / "last.ckpt", cln, model.grid, model.network_config)
     from tcbm.voxels import VoxelGrid

@@ -1,0 +1,103 @@
+"""Rotor-hop Markov chains: estimated transition matrices of a chain with known ones, what a step does to a
+frame (a cyclic relabelling into the drawn well, energy unchanged), storage in the artefact and the rollout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tcbm.analysis.observables import potential_energies
+from tcbm.artifact import BackmapModel
+from tcbm.backmap import Backmapper, RolloutSettings
+from tcbm.rotor_hops import RotorHopEstimator, RotorHops, rotor_axes
+from tcbm.symmetry import rotor_hydrogen_groups
+
+# reversible chains with known matrices (the last one with stationary distribution (1/2, 1/4, 1/4))
+CHAINS = [np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]),
+          np.array([[0.4, 0.3, 0.3], [0.3, 0.4, 0.3], [0.3, 0.3, 0.4]]),
+          np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.2, 0.1, 0.7]])]
+
+
+def relabelled(x: np.ndarray, groups: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """``x`` (N, 3) with each group's hydrogens cyclically relabelled by ``shifts`` (g,) positions."""
+    y = x.copy()
+    for group, shift in zip(groups, shifts, strict=True):
+        y[group] = x[np.roll(group, -shift)]
+    return y
+
+
+def test_estimated_chains_match_the_known_ones(adp):
+    rng = np.random.default_rng(0)
+    groups = rotor_hydrogen_groups(adp.topology)
+    x = adp.reference_xyz.astype(np.float64)
+    shifts = np.zeros((4001, len(groups)), dtype=int)
+    for t in range(1, len(shifts)):
+        shifts[t] = [rng.choice(3, p=chain[s]) for chain, s in zip(CHAINS, shifts[t - 1], strict=True)]
+    xyz = np.stack([relabelled(x, groups, s) for s in shifts])
+    pairs = np.stack([np.arange(len(xyz) - 1), np.arange(1, len(xyz))], axis=1)
+    hops = RotorHopEstimator().fit(xyz, pairs, adp.topology).fetch_model()
+    assert np.array_equal(hops.groups, groups)
+    # the estimator numbers wells by angle, the chain by relabelling: map one onto the other through the frames
+    wells = hops.states(torch.as_tensor(np.stack([relabelled(x, groups, np.full(3, s)) for s in range(3)]))).numpy()
+    for k, chain in enumerate(CHAINS):
+        assert sorted(wells[:, k]) == [0, 1, 2]
+        estimated = hops.transition_matrices[k][np.ix_(wells[:, k], wells[:, k])]
+        assert np.abs(estimated - chain).max() < 0.04  # ~4,000 transitions: statistical error ~0.01
+
+
+def test_a_rotor_never_seen_turning_stays_put(adp):
+    x = np.repeat(adp.reference_xyz[None], 10, axis=0)
+    hops = RotorHopEstimator().fit(x, np.stack([np.arange(9), np.arange(1, 10)], axis=1), adp.topology).fetch_model()
+    assert np.array_equal(hops.transition_matrices, np.repeat(np.eye(3)[None], 3, axis=0))
+
+
+def test_a_step_relabels_cyclically_into_the_drawn_well(adp):
+    groups = rotor_hydrogen_groups(adp.topology)
+    x = torch.as_tensor(adp.reference_xyz, dtype=torch.float64)[None]
+    phases = RotorHopEstimator().fit(x.numpy(), np.array([[0, 0]]), adp.topology).fetch_model().phases
+    axes = rotor_axes(adp.topology, groups)
+    forward = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # always one well on
+    hops = RotorHops(groups, axes, phases, np.repeat(forward[None], 3, axis=0))
+    uniforms = torch.full((1, 3), 0.5)
+    frame = hops.step(x, x, uniforms)
+    assert torch.equal(hops.states(frame), (hops.states(x) + 1) % 3)
+    others = np.setdiff1d(np.arange(adp.n_atoms), groups.ravel())
+    assert torch.equal(frame[0, others], x[0, others])
+    cyclic = [relabelled(x[0].numpy(), groups, np.full(3, s)) for s in (1, 2)]
+    assert any(np.array_equal(frame[0].numpy(), c) for c in cyclic)  # a turn: never a swap of two hydrogens
+    assert potential_energies(frame.numpy(), adp) == pytest.approx(potential_energies(x.numpy(), adp), abs=1e-6)
+    # the identity chain keeps a frame whose first hydrogens already sit in the previous frame's wells
+    still = RotorHops(groups, axes, phases, np.repeat(np.eye(3)[None], 3, axis=0))
+    assert torch.equal(still.step(frame, frame, uniforms), frame)
+
+
+def test_bad_chains_are_rejected(adp):
+    groups = rotor_hydrogen_groups(adp.topology)
+    axes = rotor_axes(adp.topology, groups)
+    with pytest.raises(ValueError, match="row-stochastic"):
+        RotorHops(groups, axes, np.zeros(3), np.full((3, 3, 3), 0.5))
+    with pytest.raises(ValueError, match=r"phases must have shape \(3,\)"):
+        RotorHops(groups, axes, np.zeros(2), np.repeat(np.eye(3)[None], 3, axis=0))
+    with pytest.raises(ValueError, match="no frame pairs"):
+        RotorHopEstimator().fit(adp.reference_xyz[None], np.zeros((0, 2)), adp.topology)
+
+
+def test_hops_survive_save_and_load_and_drive_the_rollout(tmp_path, tiny_model, tiny_model_with_hops, cg_inputs):
+    import mdtraj as md
+
+    loaded = BackmapModel.load(tiny_model_with_hops.save(tmp_path / "model.pt"))
+    assert np.array_equal(loaded.rotor_hops.transition_matrices, tiny_model_with_hops.rotor_hops.transition_matrices)
+    assert loaded.fingerprint() == tiny_model_with_hops.fingerprint() != tiny_model.fingerprint()
+    assert not (tiny_model_with_hops.rotor_hops.transition_matrices == np.eye(3)).all()  # the tiny run's methyls hop
+    cg = [md.load(str(cg_inputs[0])).xyz]
+    plain = Backmapper(tiny_model, RolloutSettings(progress=False), "cpu").backmap(cg)[0]
+    off = Backmapper(tiny_model_with_hops, RolloutSettings(progress=False, rotor_hops=False), "cpu").backmap(cg)[0]
+    on = Backmapper(tiny_model_with_hops, RolloutSettings(progress=False), "cpu").backmap(cg)[0]
+    assert np.array_equal(off, plain)  # switched off: the network's frames as they are
+    groups = tiny_model_with_hops.rotor_hops.groups
+    others = np.setdiff1d(np.arange(on.shape[1]), groups.ravel())
+    # frame 0 is decoded from the same seed: only its rotor hydrogens may be relabelled
+    assert np.array_equal(on[0, others], plain[0, others])
+    assert np.allclose(np.sort(on[0, groups], axis=1), np.sort(plain[0, groups], axis=1))
+    assert not np.array_equal(on, plain)
