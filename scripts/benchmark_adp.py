@@ -36,20 +36,44 @@ from tcbm.systems import load_system
 KT = 0.0083144626 * 300.0
 
 
+def rotor_errors(metrics: dict, name: str, min_lag_ps: float = 0.0) -> list[float]:
+    """|<cos dphi>| differences to the reference of data set ``name``, every rotor and lag >= ``min_lag_ps``."""
+    lags = metrics["settings"]["rotor_lags_ps"]
+    ref, own = (metrics["datasets"][k]["rotor_autocorrelation"] for k in ("reference", name))
+    return [abs(own[r][k] - ref[r][k]) for r in ref for k, lag in enumerate(lags) if lag >= min_lag_ps]
+
+
+def temporal_errors(metrics: dict, name: str) -> dict[str, float]:
+    """Distance to the reference of data set ``name`` on every temporal measure of the report."""
+    d, ref = metrics["datasets"][name], metrics["datasets"]["reference"]
+    return {"velocity JS": d["velocity_js"],
+            "rotor <cos dphi> max error": max(rotor_errors(metrics, name)),
+            "rotor hops per ps, max error": max(abs(d["rotor_hops_per_ps"][r] - v)
+                                                for r, v in ref["rotor_hops_per_ps"].items()),
+            "CG-free frame-to-frame RMSD error (nm)": abs(d["free_rmsd_nm"] - ref["free_rmsd_nm"]),
+            "CG-free displacement JS, max over elements": max(d["free_displacement_js"].values())}
+
+
 def targets(metrics: dict) -> list[str]:
-    """The paper's claims as pass/fail lines for tcbm."""
+    """The paper's claims and the model issue's bar as pass/fail lines for tcbm."""
     d = metrics["datasets"]
     tcbm = d["tcbm"]
     resolved = d["reference"]["msm"].get("resolved", [])
     rel = [r for r, ok in zip(tcbm["msm"]["relative_error"], resolved) if ok]  # timescales resolved at the lag
     others = [d[k]["velocity_js"] for k in ("frame-based cVAE", "nearest-neighbour")]
-    rotor_error = tcbm.get("rotor_autocorrelation_max_error")
+    rotor_error = max(rotor_errors(metrics, "tcbm", min_lag_ps=20.0), default=None)
+    ours, theirs = temporal_errors(metrics, "tcbm"), temporal_errors(metrics, "frame-based cVAE")
+    worse = [k for k in ours if not ours[k] < theirs[k]]
     cg_fixed = " (phi/psi are CG atoms: any CG-consistent backmapper passes)"
     return [
         target_row(f"energy W1 < kT ({KT:.2f} kJ/mol)", tcbm["energy_w1_kJmol"] < KT, f"{tcbm['energy_w1_kJmol']:.2f}"),
+        target_row("bond-length MAE <= 0.002 nm", tcbm["bond_mae_nm"] <= 0.002, f"{tcbm['bond_mae_nm']:.4f}"),
         target_row("all frames L-chiral", tcbm["l_chiral_fraction"] == 1.0, f"{100 * tcbm['l_chiral_fraction']:.1f} %"),
-        target_row("methyl-rotor <cos dphi> within 0.1 of the reference", rotor_error is not None and rotor_error < 0.1,
-                   "n/a" if rotor_error is None else f"max error {rotor_error:.2f}"),
+        target_row("methyl-rotor <cos dphi> at 20 and 100 ps within 0.1 of the reference", rotor_error is not None
+                   and rotor_error < 0.1, "n/a" if rotor_error is None else
+                   f"max error {rotor_error:.2f} (1 ps included: {max(rotor_errors(metrics, 'tcbm')):.2f})"),
+        target_row("closer to the reference than the frame-based cVAE on every temporal measure", not worse,
+                   "; ".join(f"{k} {ours[k]:.4g} vs {theirs[k]:.4g}" for k in ours)),
         target_row("FES JS < 0.02" + cg_fixed, tcbm["fes_js"] < 0.02, f"{tcbm['fes_js']:.4f}"),
         target_row(f"resolved MSM timescales ({len(rel)}) within 10 %" + cg_fixed, bool(rel) and max(rel) < 0.1,
                    ", ".join(f"{100 * r:.0f} %" for r in rel) or "none resolved"),
