@@ -27,6 +27,17 @@ def relabelled(x: np.ndarray, groups: np.ndarray, shifts: np.ndarray) -> np.ndar
     return y
 
 
+def test_dihedral_atoms_of_the_packaged_rotors(adp, cln):
+    def names(system):
+        atoms = list(system.topology.atoms)
+        return [[str(atoms[i]) for i in row] for row in rotor_axes(system.topology, rotor_hydrogen_groups(system.topology))]
+
+    assert names(adp) == [["ACE1-CH3", "ACE1-C", "ACE1-O"], ["ALA2-CB", "ALA2-CA", "ALA2-N"], ["NME3-C", "NME3-N", "ALA2-C"]]
+    # chignolin: the N-terminal NH3+ turns about N-CA, the Thr methyls about CG2-CB
+    assert names(cln) == [["GLY1-N", "GLY1-CA", "GLY1-C"], ["THR6-CG2", "THR6-CB", "THR6-CA"],
+                          ["THR8-CG2", "THR8-CB", "THR8-CA"]]
+
+
 def test_estimated_chains_match_the_known_ones(adp):
     rng = np.random.default_rng(0)
     groups = rotor_hydrogen_groups(adp.topology)
