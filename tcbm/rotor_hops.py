@@ -131,21 +131,31 @@ class RotorHopEstimator:
         pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         if not len(pairs):
             raise ValueError("no frame pairs to estimate rotor hops from")
+        if np.shape(xyz)[1:] != (topology.n_atoms, 3):
+            raise ValueError(f"frames of shape {np.shape(xyz)} do not fit the topology ({topology.n_atoms} atoms)")
+        if pairs.min() < 0 or pairs.max() >= len(xyz):
+            raise ValueError(f"frame pairs index frames {pairs.min()}..{pairs.max()}, but there are {len(xyz)}")
         groups = rotor_hydrogen_groups(topology)
         axes = rotor_axes(topology, groups)
         frames = np.unique(pairs)
-        atoms = np.unique(np.concatenate([groups.ravel(), axes.ravel()]))
-        local = np.searchsorted(atoms, groups), np.searchsorted(atoms, axes)
-        angles = torch.cat([hydrogen_dihedrals(torch.as_tensor(xyz[frames[s:s + self.batch]][:, atoms],
-                                                               dtype=torch.float64), *map(torch.as_tensor, local))[..., 0]
-                            for s in range(0, len(frames), self.batch)]) if len(groups) else torch.zeros(len(frames), 0)
-        phases = torch.angle(torch.exp(3j * angles).mean(0)) / 3 if len(groups) else torch.zeros(0)
+        angles = self._first_hydrogen_dihedrals(xyz, frames, groups, axes)  # (frames, g)
+        phases = torch.angle(torch.exp(3j * angles).mean(0)) / 3  # staggered minimum, as in rotor_phases
         states = rotamers(angles, phases).numpy()
         before, after = states[np.searchsorted(frames, pairs[:, 0])], states[np.searchsorted(frames, pairs[:, 1])]
         matrices = np.stack([self._chain(before[:, k], after[:, k]) for k in range(len(groups))]) \
             if len(groups) else np.zeros((0, 3, 3))
         self._model = RotorHops(groups, axes, phases.numpy(), matrices)
         return self
+
+    def _first_hydrogen_dihedrals(self, xyz: np.ndarray, frames: np.ndarray, groups: np.ndarray,
+                                  axes: np.ndarray) -> torch.Tensor:
+        """Dihedral (len(frames), g) rad of each group's first hydrogen in ``xyz[frames]``, in batches of frames,
+        reading only the atoms the dihedrals need."""
+        atoms = np.unique(np.concatenate([groups.ravel(), axes.ravel()]))
+        local = torch.as_tensor(np.searchsorted(atoms, groups[:, :1])), torch.as_tensor(np.searchsorted(atoms, axes))
+        batches = [hydrogen_dihedrals(torch.as_tensor(xyz[frames[s:s + self.batch]][:, atoms], dtype=torch.float64),
+                                      *local)[..., 0] for s in range(0, len(frames), self.batch)]
+        return torch.cat(batches) if len(groups) else torch.zeros(len(frames), 0, dtype=torch.float64)
 
     @staticmethod
     def _chain(before: np.ndarray, after: np.ndarray) -> np.ndarray:

@@ -92,6 +92,10 @@ def test_bad_chains_are_rejected(adp):
         RotorHops(groups, axes, np.zeros(2), np.repeat(np.eye(3)[None], 3, axis=0))
     with pytest.raises(ValueError, match="no frame pairs"):
         RotorHopEstimator().fit(adp.reference_xyz[None], np.zeros((0, 2)), adp.topology)
+    with pytest.raises(ValueError, match=r"index frames 0..1, but there are 1"):
+        RotorHopEstimator().fit(adp.reference_xyz[None], np.array([[0, 1]]), adp.topology)
+    with pytest.raises(ValueError, match="do not fit the topology"):
+        RotorHopEstimator().fit(adp.reference_xyz[None, :10], np.array([[0, 0]]), adp.topology)
 
 
 def test_hops_survive_save_and_load_and_drive_the_rollout(tmp_path, tiny_model, tiny_model_with_hops, cg_inputs):
