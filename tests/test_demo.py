@@ -19,7 +19,7 @@ MINIATURE = [
 ]
 
 
-def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
+def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys, monkeypatch):
     with initialize_config_module("tcbm.conf", version_base="1.3"):
         cfg = compose("demo", overrides=[f"out={tmp_path}", *MINIATURE])
         report = run_demo(cfg)
@@ -40,9 +40,13 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
         assert (tmp_path / "model_history1" / "model.pt").stat().st_mtime == stamp
         changed = compose("demo", overrides=[f"out={tmp_path}", *MINIATURE, "backmap.seed=1"])
         changed.train_overrides = [*changed.train_overrides[:-1], "data.batch_size=6"]
+        import tcbm.training
+
+        monkeypatch.setattr(tcbm.training, "RECIPE", tcbm.training.RECIPE + 1)  # tcbm train makes more now
         run_demo(changed)  # another training setting and another rollout seed: nothing stale is served
         out = capsys.readouterr().out
         assert out.count("retraining") == 2 and "recomputing" in out and "reusing" not in out
+        assert out.count(f"recipe: {tcbm.training.RECIPE - 1} -> {tcbm.training.RECIPE}") == 2
         assert json.loads((tmp_path / "backmapped_model_history1" / "test.json").read_text())["seed"] == 1
 
 
