@@ -3,8 +3,8 @@
 With ``model.loss.symmetric_rotors`` the network learns every such group only up to a cyclic relabelling of
 its three hydrogens (:mod:`tcbm.symmetry`), so the labels it outputs keep whatever rotamer they start in: a
 deterministic decoder turns no methyl.  The discrete part is modelled here instead: per group, a three-state
-Markov state model of the rotamer of its first hydrogen (states centred on the staggered minima, as in
-:func:`tcbm.analysis.observables.rotamer_states`), estimated with deeptime (reversible maximum likelihood) from
+Markov state model of the rotamer of its first hydrogen (:func:`rotamers`: states centred on the staggered
+minima; the evaluation counts hops by the same rule), estimated with deeptime (reversible maximum likelihood) from
 the rotamer changes between the previous and current frames of the training triples, i.e. at the data's lag.
 Every rollout step draws the group's next state from its row of the transition matrix and relabels the decoded
 hydrogens cyclically so that the first one lands in that well.  A cyclic relabelling is a 120° turn: geometry
@@ -17,7 +17,7 @@ rates.  Angles are in rad, coordinates in nm.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mdtraj as md
 import numpy as np
@@ -56,8 +56,15 @@ def hydrogen_dihedrals(xyz: torch.Tensor, groups: torch.Tensor, axes: torch.Tens
     return dihedrals(xyz, groups, centre, axis, beyond)
 
 
+def rotor_phases(angles: np.ndarray) -> np.ndarray:
+    """Per rotor (columns of ``angles``, rad), the position of one staggered minimum: the phase of the
+    three-fold density, arg⟨exp(3iφ)⟩ / 3."""
+    return np.angle(np.exp(3j * angles).mean(axis=0)) / 3.0
+
+
 def rotamers(angles: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
-    """Rotamer (0, 1, 2) of dihedrals ``angles`` (..., g) rad, wells centred on ``phases`` (g,) + k·120°."""
+    """Rotamer (0, 1, 2) of dihedrals ``angles`` (..., g) rad, wells centred on ``phases`` (g,) + k·120°, so
+    their boundaries lie on the eclipsed maxima and librations about a minimum are not hops."""
     return torch.round((angles - phases) / WELL).long() % 3
 
 
@@ -71,6 +78,7 @@ class RotorHops:
     axes: np.ndarray
     phases: np.ndarray
     transition_matrices: np.ndarray
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # see _tensors
 
     def __post_init__(self) -> None:
         g = len(self.groups)
@@ -83,17 +91,16 @@ class RotorHops:
 
     def states(self, xyz: torch.Tensor) -> torch.Tensor:
         """Rotamer (..., g) of each group's first hydrogen in frames ``xyz`` (..., N, 3) nm."""
-        groups, axes, phases = self._tensors(xyz.device, xyz.dtype)
+        groups, axes, phases, _ = self._tensors(xyz.device, xyz.dtype)
         return rotamers(hydrogen_dihedrals(xyz, groups[:, :1], axes)[..., 0], phases)
 
     def step(self, frame: torch.Tensor, previous: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
         """``frame`` (B, N, 3) with each group's hydrogens cyclically relabelled so that the first one sits in
         the well drawn from the chain's row for its rotamer in ``previous`` (B, N, 3), using ``uniforms``
         (B, g) in [0, 1): the hydrogen nearest (in angle) to that well's centre becomes the first."""
-        groups, axes, phases = self._tensors(frame.device, frame.dtype)
+        groups, axes, phases, matrices = self._tensors(frame.device, frame.dtype)
         if not len(groups):
             return frame
-        matrices = torch.as_tensor(self.transition_matrices, device=frame.device, dtype=torch.float64)
         now = self.states(previous)  # (B, g)
         rows = matrices[torch.arange(len(groups), device=frame.device), now]  # (B, g, 3)
         drawn = (uniforms[..., None].double() >= rows.cumsum(-1)).sum(-1).clamp(max=2)  # (B, g)
@@ -105,8 +112,15 @@ class RotorHops:
         return frame.index_copy(1, groups.flatten(), relabelled.flatten(1, 2))
 
     def _tensors(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        return (torch.as_tensor(self.groups, device=device), torch.as_tensor(self.axes, device=device),
-                torch.as_tensor(self.phases, device=device, dtype=dtype))
+        """Groups, axes, phases (in ``dtype``) and transition matrices (float64) on ``device``, made once per
+        device and dtype: a rollout calls this every frame."""
+        key = (device, dtype)
+        if key not in self._on_device:
+            self._on_device[key] = (
+                torch.as_tensor(self.groups, device=device), torch.as_tensor(self.axes, device=device),
+                torch.as_tensor(self.phases, device=device, dtype=dtype),
+                torch.as_tensor(self.transition_matrices, device=device, dtype=torch.float64))
+        return self._on_device[key]
 
     def to_dict(self) -> dict[str, list]:
         return {k: np.asarray(getattr(self, k)).tolist() for k in ("groups", "axes", "phases", "transition_matrices")}
@@ -139,12 +153,12 @@ class RotorHopEstimator:
         axes = rotor_axes(topology, groups)
         frames = np.unique(pairs)
         angles = self._first_hydrogen_dihedrals(xyz, frames, groups, axes)  # (frames, g)
-        phases = torch.angle(torch.exp(3j * angles).mean(0)) / 3  # staggered minimum, as in rotor_phases
-        states = rotamers(angles, phases).numpy()
+        phases = rotor_phases(angles.numpy())
+        states = rotamers(angles, torch.as_tensor(phases)).numpy()
         before, after = states[np.searchsorted(frames, pairs[:, 0])], states[np.searchsorted(frames, pairs[:, 1])]
         matrices = np.stack([self._chain(before[:, k], after[:, k]) for k in range(len(groups))]) \
             if len(groups) else np.zeros((0, 3, 3))
-        self._model = RotorHops(groups, axes, phases.numpy(), matrices)
+        self._model = RotorHops(groups, axes, phases, matrices)
         return self
 
     def _first_hydrogen_dihedrals(self, xyz: np.ndarray, frames: np.ndarray, groups: np.ndarray,

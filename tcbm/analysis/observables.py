@@ -11,6 +11,8 @@ import torch
 from tcbm.energy import MMEnergy
 from tcbm.geometry import superpose
 from tcbm.mapping import CGMapping
+from tcbm.rotor_hops import rotamers
+from tcbm.rotor_hops import rotor_phases as rotor_phases  # re-exported: part of the analysis API
 from tcbm.stereo import signed_volumes, stereocentres
 from tcbm.systems import MolecularSystem, bonded_neighbours
 
@@ -236,16 +238,11 @@ def free_atoms(mapping: CGMapping) -> np.ndarray:
     return np.setdiff1d(np.arange(mapping.n_atoms), fixed)
 
 
-def rotor_phases(angles: np.ndarray) -> np.ndarray:
-    """Per rotor (columns of ``angles``, rad), the position of one staggered minimum: the phase of the
-    three-fold density, arg⟨exp(3iφ)⟩ / 3.  Fitted on the reference and used for every data set."""
-    return np.angle(np.exp(3j * angles).mean(axis=0)) / 3.0
-
-
 def rotamer_states(angles: np.ndarray, phases: np.ndarray) -> np.ndarray:
-    """Rotamer (0, 1, 2) of each rotor dihedral: states centred on the staggered minima ``phases`` + k·120°,
-    so their boundaries lie on the eclipsed maxima and librations about a minimum are not hops."""
-    return np.round((angles - phases) / (2 * np.pi / 3)).astype(int) % 3
+    """Rotamer (0, 1, 2) of each rotor dihedral ``angles`` (..., rotors) rad: :func:`tcbm.rotor_hops.rotamers`
+    (the rule the rotor-hop chains use) on arrays; ``phases`` from :func:`rotor_phases`, fitted on the reference
+    and used for every data set."""
+    return rotamers(torch.as_tensor(angles), torch.as_tensor(phases)).numpy()
 
 
 def hop_rates(angles: np.ndarray | list[np.ndarray], phases: np.ndarray, dt_ps: float) -> np.ndarray:
