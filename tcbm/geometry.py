@@ -70,3 +70,24 @@ def aligned_rmsd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """RMSD (nm) between ``a`` and ``b`` after optimal superposition; broadcasts over leading dims."""
     a, b = torch.broadcast_tensors(a, b)
     return (superpose(a, b) - b).pow(2).sum(-1).mean(-1).sqrt()
+
+
+def rotate_about_axis(points: torch.Tensor, centre: torch.Tensor, axis: torch.Tensor, angle: torch.Tensor
+                      ) -> torch.Tensor:
+    """``points`` (..., k, 3) turned by ``angle`` (...) rad about the line through ``centre`` (..., 3) along
+    ``axis`` (..., 3; any length), right-handed (Rodrigues' formula)."""
+    k = (axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-12))[..., None, :]
+    v = points - centre[..., None, :]
+    cos, sin = angle.cos()[..., None, None], angle.sin()[..., None, None]
+    turned = v * cos + torch.linalg.cross(k.expand_as(v), v) * sin + k * (k * v).sum(-1, keepdim=True) * (1 - cos)
+    return centre[..., None, :] + turned
+
+
+def best_turn_angle(mobile: torch.Tensor, target: torch.Tensor, centre: torch.Tensor, axis: torch.Tensor
+                    ) -> torch.Tensor:
+    """The angle (...) rad of :func:`rotate_about_axis` that brings ``mobile`` (..., k, 3) closest (summed squared
+    distance) to ``target`` (..., k, 3), turning about the line through ``centre`` along ``axis``."""
+    k = (axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-12))[..., None, :]
+    a, b = mobile - centre[..., None, :], target - centre[..., None, :]
+    a, b = a - k * (k * a).sum(-1, keepdim=True), b - k * (k * b).sum(-1, keepdim=True)  # in the turning plane
+    return torch.atan2((k * torch.linalg.cross(a, b)).sum((-1, -2)), (a * b).sum((-1, -2)))

@@ -15,7 +15,8 @@ from tcbm.model import BackmapCVAE
 from tcbm.rollout import advance, step
 from tcbm.schedules import EnergyWeight, KLWeight, UnrollSchedule
 from tcbm.stereo import stereocentres
-from tcbm.symmetry import relabel_rotor_hydrogens, rotor_hydrogen_groups
+from tcbm.rotor_hops import rotor_axes
+from tcbm.symmetry import relabel_rotor_hydrogens, resolve_symmetry, rotor_hydrogen_groups, turn_rotor_hydrogens
 from tcbm.systems import MolecularSystem
 from tcbm.voxels import VoxelGrid
 
@@ -38,15 +39,16 @@ class CVAEModule(pl.LightningModule):
     batches (pushforward training; the batches must carry ``history + unroll.steps`` previous frames; ignored
     when ``history`` is 0);
     ``free_bits`` (nats per latent dimension) exempts that much KL per dimension from the penalty;
-    ``symmetric_rotors`` relabels the hydrogens of every CH3/NH3 group of each target to the cyclic permutation
-    closest to the prediction before the loss is taken (:mod:`tcbm.symmetry`).
+    ``symmetric_rotors`` matches the hydrogens of every CH3/NH3 group of each target to the prediction before
+    the loss is taken (:mod:`tcbm.symmetry`): ``cyclic`` (or true) by the closest cyclic relabelling,
+    ``continuous`` by the closest rigid turn about the group's axis; ``none`` (or false) not at all.
     """
 
     def __init__(self, system: dict, grid: dict, network: dict, weights: dict | None = None,
                  energy_weight: dict | None = None, kl_weight: dict | None = None, lr: float = 1e-3,
                  weight_decay: float = 0.0, lr_schedule: str = "none", temperature: float = 300.0,
                  lag: int = 1, compile: bool = False, prev_noise_nm: float = 0.0, unroll: dict | None = None,
-                 free_bits: float = 0.0, symmetric_rotors: bool = False) -> None:
+                 free_bits: float = 0.0, symmetric_rotors: bool | str = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.system = MolecularSystem.from_dict(system)
@@ -60,8 +62,12 @@ class CVAEModule(pl.LightningModule):
         self.energy = MMEnergy(omm_system)
         self.register_buffer("bonds", torch.as_tensor(bonded_pairs(omm_system)), persistent=False)
         self.register_buffer("stereocentres", torch.as_tensor(stereocentres(self.system.topology)), persistent=False)
-        groups = rotor_hydrogen_groups(self.system.topology) if symmetric_rotors else np.zeros((0, 3), dtype=np.int64)
+        self.rotor_symmetry = resolve_symmetry(symmetric_rotors)
+        groups = rotor_hydrogen_groups(self.system.topology) if self.rotor_symmetry != "none" \
+            else np.zeros((0, 3), dtype=np.int64)
         self.register_buffer("rotor_groups", torch.as_tensor(groups), persistent=False)
+        self.register_buffer("rotor_pivots", torch.as_tensor(rotor_axes(self.system.topology, groups)[:, :2]),
+                             persistent=False)
         self.forward_model = torch.compile(self.model) if compile else self.model
 
     def _terms(self, batch: dict[str, torch.Tensor], sample: bool
@@ -70,7 +76,11 @@ class CVAEModule(pl.LightningModule):
         aa, cg = batch["aa"], batch["cg"]
         out = self.forward_model(aa, cg, batch["aa_prev"], sample=sample)
         density, coords = out.density, out.coords
-        aa = relabel_rotor_hydrogens(aa, coords.detach(), self.rotor_groups)  # no-op without symmetric_rotors
+        energy_target = aa  # a turned rotor changes the energy: the energy term compares with the data's own
+        if self.rotor_symmetry == "cyclic":
+            aa = relabel_rotor_hydrogens(aa, coords.detach(), self.rotor_groups)
+        elif self.rotor_symmetry == "continuous":
+            aa = turn_rotor_hydrogens(aa, coords.detach(), self.rotor_groups, self.rotor_pivots)
         prior = {"prior_mean": out.prior_mean, "prior_log_var": out.prior_log_var}
         terms = {
             "vox": losses.vox_loss(density, self.grid.normalized(aa)),
@@ -93,7 +103,7 @@ class CVAEModule(pl.LightningModule):
             terms["chirality"] = losses.chirality_loss(coords, aa, self.stereocentres)
         lam = self.energy_weight(self.global_step)
         if lam > 0:
-            terms["energy"] = losses.energy_loss(coords, aa, self.energy, self.hparams.temperature)
+            terms["energy"] = losses.energy_loss(coords, energy_target, self.energy, self.hparams.temperature)
         with torch.no_grad():
             diagnostics = {"kl_nats": losses.kl_loss(out.mean, out.log_var, **prior),
                            "active_units": losses.active_units(out.mean, **prior).float()}

@@ -1,4 +1,4 @@
-"""Rotor hops: which staggered well each CH3/NH3 group's labelled hydrogens sit in, as a Markov chain.
+"""Rotor hops: where each CH3/NH3 group's labelled hydrogens turn to, as a Markov chain of its dihedral.
 
 With ``model.loss.symmetric_rotors`` the network learns every such group only up to a cyclic relabelling of
 its three hydrogens (:mod:`tcbm.symmetry`), so the labels it outputs keep whatever rotamer they start in: a
@@ -9,6 +9,13 @@ the rotamer changes between the previous and current frames of the training trip
 Every rollout step draws the group's next state from its row of the transition matrix and relabels the decoded
 hydrogens cyclically so that the first one lands in that well.  A cyclic relabelling is a 120° turn: geometry
 and energy do not change, only the labelled kinetics (e.g. the C–H bond motions NMR relaxation sees).
+
+With ``model.loss.symmetric_rotors: continuous`` the network learns a group's geometry but not its dihedral at
+all, and the chain carries the whole turn: its states are ``states_per_well`` bins per well (the 120° period
+cut into equal bins centred so that the wells' minima are bin centres), and a step turns the decoded hydrogens
+rigidly about the group's C–X axis (``turn``) so that the first one's dihedral lies at a uniformly drawn angle
+inside the drawn bin (the position of the same uniform number within the drawn row's interval: no extra draw).
+A rigid turn keeps the group's bond lengths and angles.
 
 Assumed: each rotor hops independently of the others and of the backbone state, with the training data's
 rates.  Angles are in rad, coordinates in nm.
@@ -26,6 +33,7 @@ from deeptime.markov import TransitionCountModel
 from deeptime.markov.msm import MaximumLikelihoodMSM
 
 from tcbm.energy import dihedrals
+from tcbm.geometry import rotate_about_axis
 from tcbm.symmetry import rotor_hydrogen_groups
 from tcbm.systems import bonded_neighbours
 
@@ -62,27 +70,35 @@ def rotor_phases(angles: np.ndarray) -> np.ndarray:
     return np.angle(np.exp(3j * angles).mean(axis=0)) / 3.0
 
 
-def rotamers(angles: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
+def rotamers(angles: torch.Tensor, phases: torch.Tensor, states_per_well: int = 1) -> torch.Tensor:
     """Rotamer (0, 1, 2) of dihedrals ``angles`` (..., g) rad, wells centred on ``phases`` (g,) + k·120°, so
-    their boundaries lie on the eclipsed maxima and librations about a minimum are not hops."""
-    return torch.round((angles - phases) / WELL).long() % 3
+    their boundaries lie on the eclipsed maxima and librations about a minimum are not hops; with
+    ``states_per_well`` > 1 the bin (0 .. 3·states_per_well − 1) of width 120°/states_per_well centred on
+    ``phases`` + k·(that width)."""
+    return torch.round((angles - phases) * (states_per_well / WELL)).long() % (3 * states_per_well)
 
 
 @dataclass(frozen=True)
 class RotorHops:
     """The fitted rotor Markov chains: hydrogen triples ``groups`` (g, 3), their dihedral atoms ``axes`` (g, 3)
     (see :func:`rotor_axes`), the well-centre ``phases`` (g,) rad and row-stochastic ``transition_matrices``
-    (g, 3, 3) per data lag (a state never left in training stays put)."""
+    (g, S, S) per data lag over S = 3·``states_per_well`` states (:func:`rotamers`); a step relabels the
+    hydrogens into the drawn well or, with ``turn``, turns them into the drawn bin (see the module's text)."""
 
     groups: np.ndarray
     axes: np.ndarray
     phases: np.ndarray
     transition_matrices: np.ndarray
+    states_per_well: int = 1
+    turn: bool = False
     _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # see _tensors
 
     def __post_init__(self) -> None:
-        g = len(self.groups)
-        shapes = {"groups": (g, 3), "axes": (g, 3), "phases": (g,), "transition_matrices": (g, 3, 3)}
+        g, n = len(self.groups), 3 * self.states_per_well
+        if self.states_per_well < 1 or (self.states_per_well > 1 and not self.turn):
+            raise ValueError(f"RotorHops: states_per_well must be >= 1, and 1 unless the chain turns the groups "
+                             f"(a relabelling only reaches whole wells); got {self.states_per_well}, turn={self.turn}")
+        shapes = {"groups": (g, 3), "axes": (g, 3), "phases": (g,), "transition_matrices": (g, n, n)}
         for name, shape in shapes.items():
             if np.shape(getattr(self, name)) != shape:
                 raise ValueError(f"RotorHops.{name} must have shape {shape}, got {np.shape(getattr(self, name))}")
@@ -90,20 +106,32 @@ class RotorHops:
             raise ValueError("RotorHops.transition_matrices must be row-stochastic")
 
     def states(self, xyz: torch.Tensor) -> torch.Tensor:
-        """Rotamer (..., g) of each group's first hydrogen in frames ``xyz`` (..., N, 3) nm."""
+        """State (..., g) of each group's first hydrogen in frames ``xyz`` (..., N, 3) nm (:func:`rotamers`)."""
         groups, axes, phases, _ = self._tensors(xyz.device, xyz.dtype)
-        return rotamers(hydrogen_dihedrals(xyz, groups[:, :1], axes)[..., 0], phases)
+        return rotamers(hydrogen_dihedrals(xyz, groups[:, :1], axes)[..., 0], phases, self.states_per_well)
 
     def step(self, frame: torch.Tensor, previous: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-        """``frame`` (B, N, 3) with each group's hydrogens cyclically relabelled so that the first one sits in
-        the well drawn from the chain's row for its rotamer in ``previous`` (B, N, 3), using ``uniforms``
-        (B, g) in [0, 1): the hydrogen nearest (in angle) to that well's centre becomes the first."""
+        """``frame`` (B, N, 3) with each group's first hydrogen put into the state drawn from the chain's row
+        for its state in ``previous`` (B, N, 3), using ``uniforms`` (B, g) in [0, 1): by a cyclic relabelling
+        (the hydrogen nearest, in angle, to the drawn well's centre becomes the first) or, with ``turn``, by a
+        rigid turn of the group about its C–X axis to a uniform angle inside the drawn bin."""
         groups, axes, phases, matrices = self._tensors(frame.device, frame.dtype)
         if not len(groups):
             return frame
         now = self.states(previous)  # (B, g)
-        rows = matrices[torch.arange(len(groups), device=frame.device), now]  # (B, g, 3)
-        drawn = (uniforms[..., None].double() >= rows.cumsum(-1)).sum(-1).clamp(max=2)  # (B, g)
+        rows = matrices[torch.arange(len(groups), device=frame.device), now]  # (B, g, S)
+        upper = rows.cumsum(-1)
+        u = uniforms.double()
+        drawn = (u[..., None] >= upper).sum(-1).clamp(max=matrices.shape[-1] - 1)  # (B, g)
+        if self.turn:
+            top = upper.gather(-1, drawn[..., None])[..., 0]
+            within = ((u - (top - rows.gather(-1, drawn[..., None])[..., 0])) /
+                      rows.gather(-1, drawn[..., None])[..., 0].clamp_min(1e-300)).clamp(0.0, 1.0)  # uniform in [0, 1]
+            angle = phases + (drawn + within.to(frame.dtype) - 0.5) * (WELL / self.states_per_well)  # (B, g)
+            turn = angle - hydrogen_dihedrals(frame, groups[:, :1], axes)[..., 0]
+            centre, axis = frame[:, axes[:, 0]], frame[:, axes[:, 0]] - frame[:, axes[:, 1]]  # along X -> C
+            turned = rotate_about_axis(frame[:, groups], centre, axis, turn)
+            return frame.index_copy(1, groups.flatten(), turned.flatten(1, 2))
         centres = phases + WELL * drawn  # (B, g)
         offset = hydrogen_dihedrals(frame, groups, axes) - centres[..., None]  # (B, g, 3)
         first = torch.atan2(offset.sin(), offset.cos()).abs().argmin(-1)  # (B, g)
@@ -122,21 +150,26 @@ class RotorHops:
                 torch.as_tensor(self.transition_matrices, device=device, dtype=torch.float64))
         return self._on_device[key]
 
-    def to_dict(self) -> dict[str, list]:
-        return {k: np.asarray(getattr(self, k)).tolist() for k in ("groups", "axes", "phases", "transition_matrices")}
+    def to_dict(self) -> dict:
+        arrays = {k: np.asarray(getattr(self, k)).tolist() for k in ("groups", "axes", "phases", "transition_matrices")}
+        return {**arrays, "states_per_well": self.states_per_well, "turn": self.turn}
 
     @classmethod
     def from_dict(cls, d: dict) -> RotorHops:
+        """Inverse of :meth:`to_dict` (chains stored before ``turn`` existed: three relabelled wells)."""
+        n = 3 * d.get("states_per_well", 1)
         return cls(np.asarray(d["groups"], dtype=np.int64).reshape(-1, 3),
                    np.asarray(d["axes"], dtype=np.int64).reshape(-1, 3),
-                   np.asarray(d["phases"], dtype=np.float64), np.asarray(d["transition_matrices"]).reshape(-1, 3, 3))
+                   np.asarray(d["phases"], dtype=np.float64), np.asarray(d["transition_matrices"]).reshape(-1, n, n),
+                   d.get("states_per_well", 1), d.get("turn", False))
 
 
 class RotorHopEstimator:
-    """Estimates :class:`RotorHops` from frame pairs: ``fit(xyz, pairs, topology)`` then ``fetch_model()``."""
+    """Estimates :class:`RotorHops` from frame pairs: ``fit(xyz, pairs, topology)`` then ``fetch_model()``;
+    ``states_per_well`` and ``turn`` as in :class:`RotorHops`."""
 
-    def __init__(self, batch: int = 4096) -> None:
-        self.batch = batch
+    def __init__(self, states_per_well: int = 1, turn: bool = False, batch: int = 4096) -> None:
+        self.states_per_well, self.turn, self.batch = states_per_well, turn, batch
         self._model: RotorHops | None = None
 
     def fit(self, xyz: np.ndarray, pairs: np.ndarray, topology: md.Topology) -> RotorHopEstimator:
@@ -154,11 +187,12 @@ class RotorHopEstimator:
         frames = np.unique(pairs)
         angles = self._first_hydrogen_dihedrals(xyz, frames, groups, axes)  # (frames, g)
         phases = rotor_phases(angles.numpy())
-        states = rotamers(angles, torch.as_tensor(phases)).numpy()
+        n = 3 * self.states_per_well
+        states = rotamers(angles, torch.as_tensor(phases), self.states_per_well).numpy()
         before, after = states[np.searchsorted(frames, pairs[:, 0])], states[np.searchsorted(frames, pairs[:, 1])]
-        matrices = np.stack([self._chain(before[:, k], after[:, k]) for k in range(len(groups))]) \
-            if len(groups) else np.zeros((0, 3, 3))
-        self._model = RotorHops(groups, axes, phases, matrices)
+        matrices = np.stack([self._chain(before[:, k], after[:, k], n) for k in range(len(groups))]) \
+            if len(groups) else np.zeros((0, n, n))
+        self._model = RotorHops(groups, axes, phases, matrices, self.states_per_well, self.turn)
         return self
 
     def _first_hydrogen_dihedrals(self, xyz: np.ndarray, frames: np.ndarray, groups: np.ndarray,
@@ -172,15 +206,21 @@ class RotorHopEstimator:
         return torch.cat(batches) if len(groups) else torch.zeros(len(frames), 0, dtype=torch.float64)
 
     @staticmethod
-    def _chain(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        counts = np.zeros((3, 3))
+    def _chain(before: np.ndarray, after: np.ndarray, n: int) -> np.ndarray:
+        """Reversible MLE transition matrix (n, n) on the largest connected set of states; a state outside it
+        moves as the nearest one inside (circularly; an unvisited barrier bin like its neighbour), and if that
+        set is a single state (a rotor never seen turning) every state stays put."""
+        counts = np.zeros((n, n))
         np.add.at(counts, (before, after), 1.0)
         largest = TransitionCountModel(counts).submodel_largest()
-        matrix = np.eye(3)
+        matrix = np.eye(n)
         if largest.n_states > 1:
             msm = MaximumLikelihoodMSM(reversible=True).fit_fetch(largest)
             active = msm.count_model.state_symbols
             matrix[np.ix_(active, active)] = msm.transition_matrix
+            distance = np.abs(np.arange(n)[:, None] - active[None])
+            nearest = active[np.minimum(distance, n - distance).argmin(1)]
+            matrix = matrix[nearest]
         return matrix
 
     def fetch_model(self) -> RotorHops:

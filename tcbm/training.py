@@ -19,7 +19,8 @@ from tcbm.fingerprint import digest, file_digest
 from tcbm.io import expand_paths
 from tcbm.latent import fit_sampler
 from tcbm.lightning import CVAEModule
-from tcbm.rotor_hops import RotorHopEstimator
+from tcbm.rotor_hops import RotorHopEstimator, RotorHops
+from tcbm.symmetry import resolve_symmetry
 from tcbm.systems import MolecularSystem, load_system
 from tcbm.validation import RolloutValidation, RolloutValidationSettings, rollout_windows
 from tcbm.voxels import VoxelGrid
@@ -59,7 +60,7 @@ def _loggers(out: Path) -> list:
 
 
 def _rollout_validation(cfg: DictConfig, data: BackmapDataModule, system: MolecularSystem, network: dict,
-                        library: SeedLibrary) -> RolloutValidation | None:
+                        library: SeedLibrary, rotor_hops: RotorHops | None) -> RolloutValidation | None:
     """The rollout-validation callback over windows of the validation split (None without one)."""
     settings = RolloutValidationSettings(**OmegaConf.to_container(cfg.rollout_validation, resolve=True))
     windows = rollout_windows(data.val_idx, settings.frames, settings.windows, data.data.offsets)
@@ -68,7 +69,21 @@ def _rollout_validation(cfg: DictConfig, data: BackmapDataModule, system: Molecu
     posterior_set = TripleDataset(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag, network["history"],
                                   rotation_seed=settings.seed)
     return RolloutValidation(data.data.xyz[np.stack(windows)], library, posterior_set, settings, network,
-                             cfg.data.lag)
+                             cfg.data.lag, rotor_hops)
+
+
+def _rotor_chains(cfg: DictConfig, data: BackmapDataModule, system: MolecularSystem, history: int
+                  ) -> RotorHops | None:
+    """The rotor Markov chains of a network trained up to rotor symmetry (:mod:`tcbm.rotor_hops`), estimated
+    from the training pairs (previous, current frame) at the data's lag; None for ``symmetric_rotors: none``
+    and for the frame-based model (history 0), which has no previous frame to turn from."""
+    symmetry = resolve_symmetry(cfg.model.loss.symmetric_rotors)
+    if symmetry == "none" or not history:
+        return None
+    turn = symmetry == "continuous"
+    estimator = RotorHopEstimator(cfg.model.rotor_chain.states_per_well if turn else 1, turn)
+    pairs = np.stack([data.train_idx - cfg.data.lag, data.train_idx], axis=1)
+    return estimator.fit(data.data.xyz, pairs, system.topology).fetch_model()
 
 
 def _selected_checkpoint(cfg: DictConfig, best: ModelCheckpoint, last: Path) -> Path:
@@ -79,8 +94,9 @@ def _selected_checkpoint(cfg: DictConfig, best: ModelCheckpoint, last: Path) -> 
 
 
 #: what ``tcbm train`` writes beyond the config's say: raised when the same config and data start making a
-#: different artefact, so reruns retrain older ones (2: the rotor-hop Markov chains)
-RECIPE = 2
+#: different artefact, so reruns retrain older ones (2: the rotor-hop Markov chains; 3: rollout validation,
+#: and so model selection, turns the rotors with them as ``tcbm backmap`` does)
+RECIPE = 3
 
 
 def training_fingerprint(cfg: DictConfig) -> dict:
@@ -137,7 +153,8 @@ def train(cfg: DictConfig, progress_position: int = 0) -> Path | None:
     library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag,
                                       network["history"], cfg.model.seed_library_size)
     has_val = len(data.val_idx) > 0
-    rollout_validation = _rollout_validation(cfg, data, system, network, library) if has_val else None
+    rotor_hops = _rotor_chains(cfg, data, system, network["history"])
+    rollout_validation = _rollout_validation(cfg, data, system, network, library, rotor_hops) if has_val else None
     monitor = cfg.selection.monitor
     if monitor.startswith("val/rollout/") and rollout_validation is None:
         monitor = "val/bond_mae_nm"  # validation split too short to roll out
@@ -167,11 +184,5 @@ def train(cfg: DictConfig, progress_position: int = 0) -> Path | None:
                               else float(checkpoints.best_model_score)},
                 "trajectories": data.data.sources, "config": OmegaConf.to_container(cfg, resolve=True),
                 "fingerprint": training_fingerprint(cfg)}
-    # a network trained up to rotor relabelling gets the rotor Markov chains its rollouts draw hops from; the
-    # frame-based model (history 0) has no previous frame to hop from
-    rotor_hops = None
-    if loss.symmetric_rotors and network["history"]:
-        pairs = np.stack([data.train_idx - cfg.data.lag, data.train_idx], axis=1)
-        rotor_hops = RotorHopEstimator().fit(data.data.xyz, pairs, system.topology).fetch_model()
     model = BackmapModel(module.model.cpu(), network, system, sampler, library, cfg.data.lag, metadata, rotor_hops)
     return model.save(out / "model.pt")

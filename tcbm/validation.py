@@ -23,6 +23,7 @@ from tcbm.backmap import Backmapper, RolloutSettings
 from tcbm.energy import MMEnergy
 from tcbm.latent import fit_sampler
 from tcbm.mapping import CGMapping
+from tcbm.rotor_hops import RotorHops
 
 
 def rollout_windows(targets: np.ndarray, frames: int, count: int, starts: np.ndarray | None = None
@@ -83,9 +84,10 @@ class RolloutValidation(pl.Callback):
     :func:`rollout_scores` under ``val/rollout/``."""
 
     def __init__(self, reference: np.ndarray, library: SeedLibrary, posterior_set, settings: RolloutValidationSettings,
-                 network_config: dict, lag: int) -> None:
+                 network_config: dict, lag: int, rotor_hops: RotorHops | None = None) -> None:
+        """``rotor_hops``: the rotor chains the artefact will carry (its rollouts turn the rotors with them)."""
         self.reference, self.library, self.posterior_set = reference, library, posterior_set
-        self.settings, self.network_config, self.lag = settings, network_config, lag
+        self.settings, self.network_config, self.lag, self.rotor_hops = settings, network_config, lag, rotor_hops
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or len(self.reference) == 0:
@@ -101,7 +103,8 @@ class RolloutValidation(pl.Callback):
         s = self.settings
         network, system = pl_module.model, pl_module.system
         sampler = fit_sampler(network, self.posterior_set, s.gmm_samples, 256, s.gmm_components, s.seed, progress=False)
-        model = BackmapModel(network, self.network_config, system, sampler, self.library, self.lag)
+        model = BackmapModel(network, self.network_config, system, sampler, self.library, self.lag,
+                             rotor_hops=self.rotor_hops)
         settings = RolloutSettings(seed=s.seed, batch_size=len(self.reference), chunk_frames=s.frames, progress=False)
         cg = [system.mapping(window) for window in self.reference]
         return model, np.stack(Backmapper(model, settings, device=str(pl_module.device)).backmap(cg))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tcbm.geometry import kabsch, random_rotations, superpose
+from tcbm.geometry import best_turn_angle, rotate_about_axis, kabsch, random_rotations, superpose
 
 
 def svd_rotation(mobile: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -39,3 +39,24 @@ def test_kabsch_is_the_least_squares_proper_rotation_even_for_mirror_images(poin
         assert torch.allclose(torch.linalg.det(found), torch.ones(len(found), dtype=found.dtype), atol=1e-10)
     single = kabsch(mobile.float(), target.float())[0]  # float32 in, float32 out, same answer
     assert single.dtype == torch.float32 and torch.allclose(single.double(), svd_rotation(mobile, target), atol=1e-5)
+
+
+def test_a_turn_about_an_axis_is_recovered_and_keeps_distances_to_the_axis():
+    torch.manual_seed(0)
+    points, centre, axis = torch.randn(5, 3, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64), \
+        torch.randn(5, 3, dtype=torch.float64)
+    angle = torch.tensor([0.3, -2.0, 3.0, 1.0, -0.7], dtype=torch.float64)
+    moved = rotate_about_axis(points, centre, axis, angle)
+    k = axis / axis.norm(dim=-1, keepdim=True)
+
+    def along_and_off(p):  # coordinate along the axis and distance from it
+        v = p - centre[:, None]
+        along = (v * k[:, None]).sum(-1)
+        return along, (v - along[..., None] * k[:, None]).norm(dim=-1)
+
+    assert all(torch.allclose(a, b) for a, b in zip(along_and_off(moved), along_and_off(points)))
+    assert torch.allclose(best_turn_angle(points, moved, centre, axis), angle)
+    # a quarter turn about +z takes x onto y (right-handed)
+    quarter = rotate_about_axis(torch.tensor([[[1.0, 0, 0]]]), torch.zeros(1, 3), torch.tensor([[0, 0, 2.0]]),
+                                torch.tensor([torch.pi / 2]))
+    assert torch.allclose(quarter, torch.tensor([[[0.0, 1.0, 0.0]]]), atol=1e-6)

@@ -10,7 +10,8 @@ import torch
 from tcbm.analysis.observables import potential_energies
 from tcbm.artifact import BackmapModel
 from tcbm.backmap import Backmapper, RolloutSettings
-from tcbm.rotor_hops import RotorHopEstimator, RotorHops, rotor_axes
+from tcbm.geometry import rotate_about_axis
+from tcbm.rotor_hops import RotorHopEstimator, RotorHops, hydrogen_dihedrals, rotor_axes
 from tcbm.symmetry import rotor_hydrogen_groups
 
 # reversible chains with known matrices (the last one with stationary distribution (1/2, 1/4, 1/4))
@@ -116,3 +117,70 @@ def test_hops_survive_save_and_load_and_drive_the_rollout(tmp_path, tiny_model, 
     assert np.array_equal(on[0, others], plain[0, others])
     assert np.allclose(np.sort(on[0, groups], axis=1), np.sort(plain[0, groups], axis=1))
     assert not np.array_equal(on, plain)
+
+
+def turned_to(x: torch.Tensor, hops: RotorHops, angles: torch.Tensor) -> torch.Tensor:
+    """Frames (B, N, 3) of ``x`` (N, 3) with each group turned rigidly so that its first hydrogen's dihedral is
+    ``angles`` (B, g) rad."""
+    groups, axes = torch.as_tensor(hops.groups), torch.as_tensor(hops.axes)
+    x = x.expand(len(angles), -1, -1)
+    now = hydrogen_dihedrals(x, groups[:, :1], axes)[..., 0]
+    centre, axis = x[:, axes[:, 0]], x[:, axes[:, 0]] - x[:, axes[:, 1]]
+    moved = rotate_about_axis(x[:, groups], centre, axis, angles - now)
+    return x.index_copy(1, groups.flatten(), moved.flatten(1, 2))
+
+
+def test_a_turning_step_puts_the_first_hydrogen_at_the_drawn_angle(adp):
+    groups, axes = rotor_hydrogen_groups(adp.topology), rotor_axes(adp.topology, rotor_hydrogen_groups(adp.topology))
+    x = torch.as_tensor(adp.reference_xyz, dtype=torch.float64)[None]
+    phases = RotorHopEstimator().fit(x.numpy(), np.array([[0, 0]]), adp.topology).fetch_model().phases
+    to_five_and_six = np.zeros((3, 12, 12))
+    to_five_and_six[:, :, 5] = to_five_and_six[:, :, 6] = 0.5
+    hops = RotorHops(groups, axes, phases, to_five_and_six, states_per_well=4, turn=True)
+    g = torch.as_tensor(groups)
+    inside = [torch.cat([g[k], torch.as_tensor(axes[k, :2])]) for k in range(3)]
+    for u, degrees, state in ((0.25, 150.0, 5), (0.75, 180.0, 6), (0.1, 141.0, 5)):
+        frame = hops.step(x, x, torch.full((1, 3), u, dtype=torch.float64))
+        angle = hydrogen_dihedrals(frame, g[:, :1], torch.as_tensor(axes))[0, :, 0]
+        # 30-degree bins: the uniform's place inside its half of the row is its place inside the drawn bin
+        offset = torch.remainder(angle - torch.as_tensor(phases) - np.radians(degrees) + np.pi, 2 * np.pi) - np.pi
+        assert offset.abs().max() < 1e-9
+        assert torch.equal(hops.states(frame)[0], torch.full((3,), state))
+        for atoms in inside:  # a rigid turn: the group's own geometry is kept
+            assert torch.allclose(torch.cdist(frame[0, atoms], frame[0, atoms]), torch.cdist(x[0, atoms], x[0, atoms]))
+        assert torch.equal(frame[0, np.setdiff1d(np.arange(adp.n_atoms), groups.ravel())],
+                           x[0, np.setdiff1d(np.arange(adp.n_atoms), groups.ravel())])
+
+
+def test_fine_chains_are_estimated_and_unvisited_bins_move_like_their_nearest(adp):
+    rng = np.random.default_rng(1)
+    x = torch.as_tensor(adp.reference_xyz, dtype=torch.float64)
+    first = RotorHopEstimator().fit(x[None].numpy(), np.array([[0, 0]]), adp.topology).fetch_model()
+    chain = np.array([[0.6, 0.4], [0.2, 0.8]])  # over bins 0 and 1 of 6 (states_per_well 2: 60-degree bins)
+    states = [0]
+    for _ in range(8000):
+        states.append(rng.choice(2, p=chain[states[-1]]))
+    states = np.array(states)
+    angles = torch.as_tensor(first.phases)[None] + torch.as_tensor(states, dtype=torch.float64)[:, None] * np.pi / 3
+    xyz = turned_to(x, first, angles).numpy()
+    pairs = np.stack([np.arange(len(xyz) - 1), np.arange(1, len(xyz))], axis=1)
+    hops = RotorHopEstimator(states_per_well=2, turn=True).fit(xyz, pairs, adp.topology).fetch_model()
+    assert hops.transition_matrices.shape == (3, 6, 6) and hops.turn and hops.states_per_well == 2
+    # the estimator centres its bins on the data's three-fold phase: map the chain's bins onto its own
+    bins = hops.states(turned_to(x, first, torch.as_tensor(first.phases)[None] + torch.tensor([[0.0], [np.pi / 3]])))
+    for k, matrix in enumerate(hops.transition_matrices):
+        visited = bins[:, k].numpy()
+        assert abs(int(visited[1]) - int(visited[0])) in (1, 5)  # neighbouring bins
+        assert np.abs(matrix[np.ix_(visited, visited)] - chain).max() < 0.04  # ~8,000 transitions: statistical error ~0.01
+        # a bin never visited moves as the (circularly) nearest visited one
+        for state in np.setdiff1d(np.arange(6), visited):
+            distance = [min(abs(state - v), 6 - abs(state - v)) for v in visited]
+            assert np.array_equal(matrix[state], matrix[visited[int(np.argmin(distance))]])
+    restored = RotorHops.from_dict(hops.to_dict())
+    assert restored.states_per_well == 2 and restored.turn
+    assert np.array_equal(restored.transition_matrices, hops.transition_matrices)
+    # chains stored before turning existed: three relabelled wells
+    old = {k: v for k, v in first.to_dict().items() if k not in ("states_per_well", "turn")}
+    assert RotorHops.from_dict(old).turn is False and RotorHops.from_dict(old).states_per_well == 1
+    with pytest.raises(ValueError, match="1 unless the chain turns"):
+        RotorHops(hops.groups, hops.axes, hops.phases, hops.transition_matrices, states_per_well=2, turn=False)

@@ -82,15 +82,21 @@ def test_selection_score_does_not_depend_on_the_loss_schedules(adp_traj, adp):
 
 def test_validation_rollout_is_what_tcbm_backmap_writes(tmp_path, adp_traj, adp):
     from tcbm.data import BackmapDataModule
-    from tcbm.training import _rollout_validation
+    from tcbm.training import _rollout_validation, _rotor_chains
 
-    cfg = train_config(tmp_path, adp_traj, **{"rollout_validation.frames": 12, "rollout_validation.gmm_samples": 16})
+    cfg = train_config(tmp_path, adp_traj, **{"rollout_validation.frames": 12, "rollout_validation.gmm_samples": 16,
+                                              "model.loss.symmetric_rotors": "continuous",
+                                              "model.rotor_chain.states_per_well": 4})
     network = {"latent_dim": 4, "width": 8, "depth": 1, "history": 1}
     data = BackmapDataModule(adp, str(adp_traj[0]), val_fraction=0.2, n_blocks=5)
     library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, adp.mapping, 1, 1, 500)
-    callback = _rollout_validation(cfg, data, adp, network, library)
+    chains = _rotor_chains(cfg, data, adp, network["history"])
+    assert chains.turn and chains.transition_matrices.shape == (3, 12, 12)
+    assert _rotor_chains(cfg, data, adp, 0) is None  # the frame-based model has no previous frame to turn from
+    callback = _rollout_validation(cfg, data, adp, network, library, chains)
     module = make_module(adp)
     model, rollout = callback.rollout(module)
+    assert model.rotor_hops is chains  # validation turns the rotors as tcbm backmap does
     window = md.Trajectory(callback.reference[0], adp.topology)
     window.save_hdf5(str(tmp_path / "0.h5"))  # named like window 0, so it draws the same latents
     written = backmap_paths(model, [tmp_path / "0.h5"], tmp_path / "out", RolloutSettings(

@@ -1,5 +1,5 @@
-"""Rotor hydrogens (CH3, NH3+) relabelled by cyclic permutations: which groups, what the relabelling does,
-and that the training loss no longer sees a 120° turn of a methyl."""
+"""Rotor hydrogens (CH3, NH3+) relabelled by cyclic permutations or turned about their axis: which groups, what
+the relabelling and the turn do, and that the training loss no longer sees a turn of a methyl."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import numpy as np
 import torch
 
 from tcbm.lightning import CVAEModule
-from tcbm.symmetry import relabel_rotor_hydrogens, rotor_hydrogen_groups
+import pytest
+
+from tcbm.rotor_hops import rotor_axes
+from tcbm.symmetry import relabel_rotor_hydrogens, resolve_symmetry, rotor_hydrogen_groups, turn_rotor_hydrogens
 
 
 def names(system, groups):
@@ -75,7 +78,7 @@ def test_training_loss_does_not_see_a_methyl_turn(adp):
     ala = torch.as_tensor(rotor_hydrogen_groups(adp.topology))[1]
     relabelled = x.clone()
     relabelled[:, ala] = x[:, ala[[1, 2, 0]]]  # the same structure, the Ala methyl's labels turned by one position
-    for symmetric in (False, True):
+    for symmetric in (False, True, "continuous"):
         module = CVAEModule(adp.to_dict(), {"d": 8, "r_grid": 2.0, "sigma": 0.2}, {"latent_dim": 2, "width": 4},
                             symmetric_rotors=symmetric)
         module.forward_model = Exact(module.grid.normalized(x), x)
@@ -83,7 +86,37 @@ def test_training_loss_does_not_see_a_methyl_turn(adp):
                  for name, target in (("labels", x), ("turned", relabelled))}
         for term in ("aa", "vox", "edm"):
             assert terms["labels"][term] < 1e-9
-            if symmetric:  # the turned target is relabelled back onto the prediction
+            if symmetric is True:  # the turned target is relabelled back onto the prediction
                 assert terms["turned"][term] < 1e-9
+            elif symmetric:  # ... or turned back: exact up to how far the packaged methyl is from a rigid 120° turn
+                assert terms["turned"][term] < 1e-6
             else:  # the labelled loss penalises a prediction that is right up to the labels
                 assert terms["turned"][term] > 1e-4
+
+
+def test_a_turn_by_any_angle_is_undone_and_only_the_turn(adp):
+    groups = torch.as_tensor(rotor_hydrogen_groups(adp.topology))
+    pivots = torch.as_tensor(rotor_axes(adp.topology, groups.numpy())[:, :2])
+    atoms = {f"{a.residue.name}-{a.name}": a.index for a in adp.topology.atoms}
+    x = torch.as_tensor(adp.reference_xyz, dtype=torch.float64)
+    others = np.setdiff1d(np.arange(adp.n_atoms), groups[2])
+    for degrees in (37.0, 60.0, 120.0, -100.0):
+        rotated = turned(x, atoms["NME-C"], atoms["NME-N"], groups[2], degrees)
+        back = turn_rotor_hydrogens(rotated[None], x[None], groups, pivots)[0]
+        assert (back - x).norm(dim=-1).max() < 1e-9
+        assert torch.equal(back[others], rotated[others])
+    # a methyl whose geometry differs (one hydrogen pulled toward the axis) keeps its own geometry: the turn
+    # cannot make it match, and the distances within the group are those of the target
+    bent = x.clone()
+    bent[groups[2, 0]] = x[atoms["NME-C"]] + 0.5 * (x[groups[2, 0]] - x[atoms["NME-C"]])
+    matched = turn_rotor_hydrogens(bent[None], x[None], groups, pivots)[0]
+    assert (matched - x).norm(dim=-1).max() > 0.04
+    inside = torch.cat([groups[2], torch.tensor([atoms["NME-C"], atoms["NME-N"]])])
+    assert torch.allclose(torch.cdist(matched[inside], matched[inside]), torch.cdist(bent[inside], bent[inside]))
+
+
+def test_symmetry_names():
+    assert [resolve_symmetry(v) for v in (True, False, "cyclic", "continuous", "none")] == [
+        "cyclic", "none", "cyclic", "continuous", "none"]
+    with pytest.raises(ValueError, match="symmetric_rotors must be one of none, cyclic, continuous"):
+        resolve_symmetry("rotational")
