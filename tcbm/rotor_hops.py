@@ -124,9 +124,8 @@ class RotorHops:
         u = uniforms.double()
         drawn = (u[..., None] >= upper).sum(-1).clamp(max=matrices.shape[-1] - 1)  # (B, g)
         if self.turn:
-            top = upper.gather(-1, drawn[..., None])[..., 0]
-            within = ((u - (top - rows.gather(-1, drawn[..., None])[..., 0])) /
-                      rows.gather(-1, drawn[..., None])[..., 0].clamp_min(1e-300)).clamp(0.0, 1.0)  # uniform in [0, 1]
+            width, top = (x.gather(-1, drawn[..., None])[..., 0] for x in (rows, upper))  # the drawn interval
+            within = ((u - (top - width)) / width.clamp_min(1e-300)).clamp(0.0, 1.0)  # uniform in [0, 1]
             angle = phases + (drawn + within.to(frame.dtype) - 0.5) * (WELL / self.states_per_well)  # (B, g)
             turn = angle - hydrogen_dihedrals(frame, groups[:, :1], axes)[..., 0]
             centre, axis = frame[:, axes[:, 0]], frame[:, axes[:, 0]] - frame[:, axes[:, 1]]  # along X -> C

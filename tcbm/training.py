@@ -72,12 +72,20 @@ def _rollout_validation(cfg: DictConfig, data: BackmapDataModule, system: Molecu
                              cfg.data.lag, rotor_hops)
 
 
+def _rotor_symmetry(cfg: DictConfig, history: int) -> str:
+    """``model.loss.symmetric_rotors`` resolved (:func:`tcbm.symmetry.resolve_symmetry`); ``continuous`` leaves the
+    dihedral to a rotor chain, which the frame-based model (history 0) has no previous frame for: it trains
+    with ``cyclic`` instead."""
+    symmetry = resolve_symmetry(cfg.model.loss.symmetric_rotors)
+    return "cyclic" if symmetry == "continuous" and not history else symmetry
+
+
 def _rotor_chains(cfg: DictConfig, data: BackmapDataModule, system: MolecularSystem, history: int
                   ) -> RotorHops | None:
     """The rotor Markov chains of a network trained up to rotor symmetry (:mod:`tcbm.rotor_hops`), estimated
     from the training pairs (previous, current frame) at the data's lag; None for ``symmetric_rotors: none``
     and for the frame-based model (history 0), which has no previous frame to turn from."""
-    symmetry = resolve_symmetry(cfg.model.loss.symmetric_rotors)
+    symmetry = _rotor_symmetry(cfg, history)
     if symmetry == "none" or not history:
         return None
     turn = symmetry == "continuous"
@@ -148,7 +156,7 @@ def train(cfg: DictConfig, progress_position: int = 0) -> Path | None:
         lr=cfg.model.optim.lr, weight_decay=cfg.model.optim.weight_decay, lr_schedule=cfg.model.optim.lr_schedule,
         temperature=cfg.model.temperature_K, lag=cfg.data.lag, compile=cfg.model.compile,
         prev_noise_nm=cfg.model.prev_noise_nm, unroll=unroll, free_bits=loss.free_bits,
-        symmetric_rotors=loss.symmetric_rotors,
+        symmetric_rotors=_rotor_symmetry(cfg, network["history"]),
     )
     library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag,
                                       network["history"], cfg.model.seed_library_size)
