@@ -13,9 +13,9 @@ from tcbm import losses
 from tcbm.energy import MMEnergy, bonded_pairs
 from tcbm.model import BackmapCVAE
 from tcbm.rollout import advance, step
+from tcbm.rotor_hops import rotor_axes
 from tcbm.schedules import EnergyWeight, KLWeight, UnrollSchedule
 from tcbm.stereo import stereocentres
-from tcbm.rotor_hops import rotor_axes
 from tcbm.symmetry import relabel_rotor_hydrogens, resolve_symmetry, rotor_hydrogen_groups, turn_rotor_hydrogens
 from tcbm.systems import MolecularSystem
 from tcbm.voxels import VoxelGrid

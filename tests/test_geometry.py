@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tcbm.geometry import best_turn_angle, rotate_about_axis, kabsch, random_rotations, superpose
+from tcbm.geometry import best_turn_angle, kabsch, random_rotations, rotate_about_axis, superpose
 
 
 def svd_rotation(mobile: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

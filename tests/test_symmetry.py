@@ -4,11 +4,10 @@ the relabelling and the turn do, and that the training loss no longer sees a tur
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tcbm.lightning import CVAEModule
-import pytest
-
 from tcbm.rotor_hops import rotor_axes
 from tcbm.symmetry import relabel_rotor_hydrogens, resolve_symmetry, rotor_hydrogen_groups, turn_rotor_hydrogens
 
