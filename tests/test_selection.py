@@ -69,7 +69,7 @@ def test_selection_score_does_not_depend_on_the_loss_schedules(adp_traj, adp):
     network = {"latent_dim": 4, "width": 8, "depth": 1, "history": 1}
     data = BackmapDataModule(adp, str(adp_traj[0]), val_fraction=0.2, n_blocks=5)
     library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, adp.mapping, 1, 1, 500)
-    callback = _rollout_validation(cfg, data, adp, network, library)
+    callback = _rollout_validation(cfg, data, adp, network, library, None)
     torch.manual_seed(0)
     a = make_module(adp, energy_weight={"final": 0.0}, kl_weight={"mode": "constant", "beta_max": 0.0})
     b = make_module(adp, energy_weight={"final": 5.0, "warmup_steps": 0}, kl_weight={"mode": "constant",
