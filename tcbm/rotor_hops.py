@@ -33,8 +33,7 @@ from deeptime.markov import TransitionCountModel
 from deeptime.markov.msm import MaximumLikelihoodMSM
 
 from tcbm.energy import dihedrals
-from tcbm.geometry import rotate_about_axis
-from tcbm.symmetry import rotor_hydrogen_groups
+from tcbm.symmetry import rotor_hydrogen_groups, turn_groups
 from tcbm.systems import bonded_neighbours
 
 WELL = 2 * math.pi / 3  # spacing of a three-fold rotor's staggered minima (rad)
@@ -127,10 +126,7 @@ class RotorHops:
             width, top = (x.gather(-1, drawn[..., None])[..., 0] for x in (rows, upper))  # the drawn interval
             within = ((u - (top - width)) / width.clamp_min(1e-300)).clamp(0.0, 1.0)  # uniform in [0, 1]
             angle = phases + (drawn + within.to(frame.dtype) - 0.5) * (WELL / self.states_per_well)  # (B, g)
-            turn = angle - hydrogen_dihedrals(frame, groups[:, :1], axes)[..., 0]
-            centre, axis = frame[:, axes[:, 0]], frame[:, axes[:, 0]] - frame[:, axes[:, 1]]  # along X -> C
-            turned = rotate_about_axis(frame[:, groups], centre, axis, turn)
-            return frame.index_copy(1, groups.flatten(), turned.flatten(1, 2))
+            return turn_groups(frame, groups, axes[:, :2], angle - hydrogen_dihedrals(frame, groups[:, :1], axes)[..., 0])
         centres = phases + WELL * drawn  # (B, g)
         offset = hydrogen_dihedrals(frame, groups, axes) - centres[..., None]  # (B, g, 3)
         first = torch.atan2(offset.sin(), offset.cos()).abs().argmin(-1)  # (B, g)

@@ -60,19 +60,24 @@ def relabel_rotor_hydrogens(target: torch.Tensor, reference: torch.Tensor, group
     return target.index_copy(1, groups.flatten(), chosen.flatten(1, 2))
 
 
+def turn_groups(xyz: torch.Tensor, groups: torch.Tensor, pivots: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """``xyz`` (B, N, 3) with each group's hydrogens (``groups`` (g, 3)) turned rigidly by ``angle`` (B, g) rad
+    about the group's own axis, right-handed along X -> C (``pivots`` (g, 2): rotor atom C, axis atom X)."""
+    centre, axis = xyz[:, pivots[:, 0]], xyz[:, pivots[:, 0]] - xyz[:, pivots[:, 1]]  # (B, g, 3)
+    turned = rotate_about_axis(xyz[:, groups], centre, axis, angle)
+    return xyz.index_copy(1, groups.flatten(), turned.flatten(1, 2))
+
+
 def turn_rotor_hydrogens(target: torch.Tensor, reference: torch.Tensor, groups: torch.Tensor, pivots: torch.Tensor
                          ) -> torch.Tensor:
     """``target`` (B, N, 3) with each group's hydrogens (``groups`` (g, 3)) turned rigidly about the group's axis
-    in ``target``, from its axis atom X to its rotor atom C (``pivots`` (g, 2): C, X), by the angle that puts them
-    closest (squared distance) to ``reference``'s (B, N, 3), frame by frame.  Bond lengths and angles of the
-    group do not change; only its dihedral does."""
+    in ``target`` (:func:`turn_groups`) by the angle that puts them closest (squared distance) to
+    ``reference``'s (B, N, 3), frame by frame.  Bond lengths and angles of the group do not change; only its
+    dihedral does."""
     if not len(groups):
         return target
-    centre, axis = target[:, pivots[:, 0]], target[:, pivots[:, 0]] - target[:, pivots[:, 1]]  # (B, g, 3)
-    hydrogens = target[:, groups]  # (B, g, 3, 3)
-    angle = best_turn_angle(hydrogens, reference[:, groups], centre, axis)
-    turned = rotate_about_axis(hydrogens, centre, axis, angle)
-    return target.index_copy(1, groups.flatten(), turned.flatten(1, 2))
+    centre, axis = target[:, pivots[:, 0]], target[:, pivots[:, 0]] - target[:, pivots[:, 1]]
+    return turn_groups(target, groups, pivots, best_turn_angle(target[:, groups], reference[:, groups], centre, axis))
 
 
 def resolve_symmetry(symmetric_rotors: bool | str) -> str:

@@ -10,9 +10,8 @@ import torch
 from tcbm.analysis.observables import potential_energies
 from tcbm.artifact import BackmapModel
 from tcbm.backmap import Backmapper, RolloutSettings
-from tcbm.geometry import rotate_about_axis
 from tcbm.rotor_hops import RotorHopEstimator, RotorHops, hydrogen_dihedrals, rotor_axes
-from tcbm.symmetry import rotor_hydrogen_groups
+from tcbm.symmetry import rotor_hydrogen_groups, turn_groups
 
 # reversible chains with known matrices (the last one with stationary distribution (1/2, 1/4, 1/4))
 CHAINS = [np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]),
@@ -124,10 +123,7 @@ def turned_to(x: torch.Tensor, hops: RotorHops, angles: torch.Tensor) -> torch.T
     ``angles`` (B, g) rad."""
     groups, axes = torch.as_tensor(hops.groups), torch.as_tensor(hops.axes)
     x = x.expand(len(angles), -1, -1)
-    now = hydrogen_dihedrals(x, groups[:, :1], axes)[..., 0]
-    centre, axis = x[:, axes[:, 0]], x[:, axes[:, 0]] - x[:, axes[:, 1]]
-    moved = rotate_about_axis(x[:, groups], centre, axis, angles - now)
-    return x.index_copy(1, groups.flatten(), moved.flatten(1, 2))
+    return turn_groups(x, groups, axes[:, :2], angles - hydrogen_dihedrals(x, groups[:, :1], axes)[..., 0])
 
 
 def test_a_turning_step_puts_the_first_hydrogen_at_the_drawn_angle(adp):
