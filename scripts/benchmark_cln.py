@@ -1,7 +1,7 @@
 """Chignolin quality benchmark: tcbm vs the frame-based cVAE (history 0) vs the nearest-neighbour library
 baseline, on held-out chignolin (GYDPETGTWG, CG = 10 Cα) runs at 350 K in OBC implicit solvent.
 
-    python scripts/benchmark_cln.py --out benchmarks/cln
+    python scripts/benchmark_cln.py --out benchmarks/cln [--variant "label=override ..."] [--refine-steps 20]
 
 Simulates (cached, resumable) independent training and held-out runs from the packaged structure with fixed
 seeds (1 ps frames), trains both cVAEs with `experiment=cln_quick`, backmaps the held-out CG runs
@@ -25,7 +25,8 @@ from hydra import initialize_config_module
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
 from tcbm.backmap import RolloutSettings
 from tcbm.benchmark import results_page, target_row
-from tcbm.pipeline import backmap_with_baseline, simulate_runs, train_models
+from tcbm.pipeline import backmap_with_baseline, parse_variant, simulate_runs, train_models
+from tcbm.refine import RefinementSettings
 from tcbm.systems import load_system
 
 TEMPERATURE_K = 350.0
@@ -78,6 +79,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="simulations and CPU trainings run this many at a time (tcbm.processes); the models' "
                              "own training times are then those of a share of the cores")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="'label=override override ...': one more tcbm model trained with these train overrides "
+                             "on the same data and evaluated as its own row (an A/B at the benchmark's scale)")
+    parser.add_argument("--refine-steps", type=int, default=0,
+                        help="also evaluate tcbm + this many physics-refinement steps at 350 K, as its own row (0: no)")
     parser.add_argument("--clusters", type=int, default=30, help="k-means clusters of the MSM on TICA space")
     args = parser.parse_args()
     out = Path(args.out)
@@ -90,9 +96,12 @@ def main() -> None:
     test_runs = simulate_runs(system, data, "test", args.test_ps, 1001, workers=args.workers, **settings)
     overrides = [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *args.overrides]
     with initialize_config_module("tcbm.conf", version_base="1.3"):
-        paths, timings = train_models(out / "runs", "cln_quick", train_runs, overrides, args.workers)
+        paths, timings = train_models(out / "runs", "cln_quick", train_runs, overrides, args.workers,
+                                      variants=dict(map(parse_variant, args.variant)))
+    refinement = RefinementSettings(steps=args.refine_steps, temperature_K=TEMPERATURE_K)
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_runs, data / "test_0.pdb", out / "runs",
-                                                                 RolloutSettings(seed=0), device)
+                                                                 RolloutSettings(seed=0, refinement=refinement), device,
+                                                                 refine="tcbm")
     timings.update(backmap_timings)
 
     evaluation = Evaluation(EvaluationSettings(temperature_K=TEMPERATURE_K, n_clusters=args.clusters)).fit(

@@ -109,12 +109,31 @@ class CVAEModule(pl.LightningModule):
                            "active_units": losses.active_units(out.mean, **prior).float()}
         return terms, coords, diagnostics
 
+    def _weight(self, name: str) -> float:
+        """The weight of loss term ``name`` at the current step (the KL and energy terms follow schedules)."""
+        if name == "kl":
+            return self.kl_weight(self.global_step)
+        if name == "energy":
+            return self.energy_weight(self.global_step)
+        return self.weights[name]
+
     def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = sum(self.weights[k] * terms[k] for k in DEFAULT_WEIGHTS if k in terms)
-        total = total + self.kl_weight(self.global_step) * terms["kl"]
-        if "energy" in terms:
-            total = total + self.energy_weight(self.global_step) * terms["energy"]
-        return total
+        return sum(self._weight(name) * value for name, value in terms.items())
+
+    def coordinate_gradients(self, terms: dict[str, torch.Tensor], coords: torch.Tensor) -> dict[str, torch.Tensor]:
+        """How hard each weighted loss term pulls on the predicted atoms: the median over frames and atoms of
+        the norm of its gradient with respect to ``coords`` (B, N, 3) (loss units per nm), for every term that
+        depends on the coordinates.  Terms that differ by orders of magnitude here mean the largest one
+        decides where the atoms go (e.g. a soft-core energy term outpulling the chirality and coordinate terms)."""
+        pulls = {}
+        for name, value in terms.items():
+            weight = self._weight(name)
+            if weight == 0 or not value.requires_grad:
+                continue
+            (grad,) = torch.autograd.grad(weight * value, coords, retain_graph=True, allow_unused=True)
+            if grad is not None:
+                pulls[name] = grad.norm(dim=-1).median()
+        return pulls
 
     @torch.no_grad()
     def unrolled_previous(self, aa_prev: torch.Tensor, k: int) -> torch.Tensor:
@@ -139,7 +158,7 @@ class CVAEModule(pl.LightningModule):
         if self.hparams.prev_noise_nm > 0:  # imitate the model's own imperfect previous frames at inference
             aa_prev = aa_prev + self.hparams.prev_noise_nm * torch.randn_like(aa_prev)
         batch = {**batch, "aa_prev": aa_prev}
-        terms, _, diagnostics = self._terms(batch, sample=True)
+        terms, coords, diagnostics = self._terms(batch, sample=True)
         for name, value in terms.items():
             if not torch.isfinite(value):
                 raise NonFiniteLossError(
@@ -151,6 +170,9 @@ class CVAEModule(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in {**terms, **diagnostics}.items()},
                       batch_size=batch_size)
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        if self._trainer is not None and self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log_dict({f"train/coord_grad/{k}": v for k, v in self.coordinate_gradients(terms, coords).items()},
+                          batch_size=batch_size)
         self.log_dict({"train/lambda": self.energy_weight(self.global_step),
                        "train/beta": self.kl_weight(self.global_step), "train/unroll_frames": float(k)},
                       batch_size=batch_size)

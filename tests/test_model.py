@@ -1,3 +1,5 @@
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -54,6 +56,22 @@ def test_all_loss_terms_have_gradients(adp_traj, adp):
         value.backward(retain_graph=True)
         grads = [p.grad.abs().sum() for p in module.model.parameters() if p.grad is not None]
         assert grads and sum(grads) > 0, name
+
+
+def test_coordinate_gradients_are_each_weighted_terms_pull(adp_traj, adp):
+    module = make_module(adp, energy_weight={"final": 1.0, "warmup_steps": 0, "tau_steps": 1.0})
+    module.energy_weight = EnergyWeight(final=0.5, warmup_steps=-10, tau_steps=1e-9)  # λ = 0.5 at step 0
+    batch = batch_of(adp_traj, adp)
+    terms, coords, _ = module._terms(batch, sample=True)
+    pulls = module.coordinate_gradients(terms, coords)
+    # density terms (vox) and latent terms (kl) do not act through the coordinates; chirality weighs 0 here
+    assert set(pulls) == {"aa", "cg", "edm", "energy"}
+    # known answer: 100 · mean_atoms |c − a|² pulls atom i with 200 · |c_i − a_i| / (B · N)
+    expected = (200 * (coords - batch["aa"]).norm(dim=-1) / coords.shape[:2].numel()).median()
+    assert pulls["aa"].item() == pytest.approx(expected.item(), rel=1e-5)
+    half = pulls["energy"].item()
+    module.energy_weight = EnergyWeight(final=1.0, warmup_steps=-10, tau_steps=1e-9)
+    assert module.coordinate_gradients(terms, coords)["energy"].item() == pytest.approx(2 * half, rel=1e-5)
 
 
 @pytest.mark.parametrize("history", [0, 2])
@@ -151,7 +169,8 @@ def test_train_end_to_end_and_resume_checks(tmp_path, adp_traj, adp, cln):
     path = train(cfg)
     model = BackmapModel.load(path)
     assert model.sampler.latent_dim == 2 and (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert list((tmp_path / "logs").rglob("metrics.csv"))
+    rows = [r for f in (tmp_path / "logs").rglob("metrics.csv") for r in csv.DictReader(f.open())]
+    assert any(float(r.get("train/coord_grad/aa") or 0) > 0 for r in rows)  # each term's pull on the atoms is logged
     # constrain_hbonds: auto, resolved on the (constrained) training data and kept with the weights
     assert model.network_config["constrain_hbonds"] is True and model.network.hbond_constraints is not None
     # symmetric rotors (default) and a previous frame: the rotor-hop chains of the three ADP methyls come along
