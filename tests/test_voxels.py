@@ -1,4 +1,5 @@
 import math
+import platform
 
 import pytest
 import torch
@@ -29,10 +30,23 @@ def test_float32_densities_hold_no_subnormals():
     (products of three tails) unless the profiles are cut."""
     grid = VoxelGrid(d=16, r_grid=5.0, sigma=0.2)
     x = (torch.rand(4, 50, 3) * 2 - 1) * grid.max_radius
-    density = grid.voxelize(x)
+    torch.set_flush_denormal(False)  # the cut must hold without the flush tcbm sets at import (test below)
+    try:
+        density = grid.voxelize(x)
+    finally:
+        torch.set_flush_denormal(True)
     assert density.dtype == torch.float32
     assert not ((density > 0) & (density < torch.finfo(torch.float32).tiny)).any()
     assert (density == 0).float().mean() > 0.5  # the cut-off is reached: far voxels are exactly empty
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="FTZ/DAZ is an x86 CPU mode")
+def test_importing_tcbm_flushes_subnormals_to_zero():
+    import tcbm  # noqa: F401  (sets the flush)
+
+    tiny = torch.finfo(torch.float32).tiny
+    assert (torch.tensor([tiny]) / 4).item() == 0.0  # a subnormal result is flushed
+    assert (torch.tensor([tiny]) * 4).item() == pytest.approx(4 * tiny)  # normal numbers are untouched
 
 
 def test_rotation_and_translation_move_output_consistently():
