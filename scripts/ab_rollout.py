@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from tcbm.analysis.observables import (
 )
 from tcbm.artifact import BackmapModel
 from tcbm.backmap import RolloutSettings, backmap_paths
+from tcbm.benchmark import command_line
 from tcbm.data import TripleDataset
 from tcbm.energy import MMEnergy, bonded_pairs
 from tcbm.pipeline import parse_variant, train_configs, training_config, variant_folder
@@ -113,7 +113,7 @@ def main() -> None:
     data, out = Path(args.data), Path(args.out)
     reference = md.load(str(data / "test.xtc"), top=str(data / "test.pdb"))
     dt_ps = float(np.median(np.diff(reference.time)))
-    results = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.processor() or platform.machine()}, "
+    results = {"command": command_line(), "machine": f"{platform.processor() or platform.machine()}, "
                f"{torch.get_num_threads()} threads, torch {torch.__version__}", "steps": args.steps,
                "data": {name: json.loads((data / f"{name}_settings.json").read_text()) for name in ("train", "test")
                         if (data / f"{name}_settings.json").exists()},

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from omegaconf import OmegaConf
 
 from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.backmap import Backmapper, RolloutSettings
+from tcbm.benchmark import command_line
 from tcbm.latent import LatentSampler
 from tcbm.model import BackmapCVAE
 from tcbm.systems import load_system
@@ -87,7 +87,7 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     many = cg_trajectories(model, args.trajectories, args.frames, 1)
     long = cg_trajectories(model, 1, args.long_frames, 2)
-    results = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
+    results = {"command": command_line(), "torch": torch.__version__,
                "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(), "model": args.model, "autocast": args.autocast,
                "frames_per_s": {}, "graph_vs_eager_max_abs_nm": {}}

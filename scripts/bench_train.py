@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from tcbm.benchmark import command_line
 from tcbm.constraints import resolve_hbond_constraints
 from tcbm.data import BackmapDataModule
 from tcbm.lightning import CVAEModule
@@ -97,7 +97,7 @@ def main() -> None:
     system = load_system("adp")
     history = cfg.model.network.history
     context = history + (cfg.model.unroll.steps if history else 0)
-    results = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
+    results = {"command": command_line(), "torch": torch.__version__,
                "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
                "overrides": args.overrides,
                "threads": torch.get_num_threads(), "model": args.model, "batch_size": args.batch_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -15,11 +16,16 @@ from tcbm.analysis.report import metrics_table
 FIGURES = ("energy", "velocity", "fes", "timescales", "eigenvector_similarity", "bond_lengths")
 
 
+def command_line() -> str:
+    """The command that runs this process, quoted so that it can be pasted into a shell as it is."""
+    return "python " + shlex.join(sys.argv)
+
+
 def results_page(title: str, data: str, metrics: dict, targets: list[str], timings: dict[str, float],
                  device: str, notes: Sequence[str] = ()) -> str:
     """``results.md``: the command that made it, the machine, the data, the score table, the targets
     (markdown rows ``| target | tcbm | status |``), timings and figures."""
-    command = "python " + " ".join(sys.argv)
+    command = command_line()
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
               f"device {device}"
     lines = [f"# {title}", "", f"Command: `{command}`  ", f"Machine: {machine}  ", f"Data: {data}", "",
