@@ -28,7 +28,7 @@ from hydra import initialize_config_module
 from tcbm.analysis.baselines import time_shuffled
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
 from tcbm.backmap import RolloutSettings
-from tcbm.benchmark import results_page, target_row
+from tcbm.benchmark import add_model_row_arguments, results_page, target_row
 from tcbm.pipeline import backmap_with_baseline, parse_variant, simulate_runs, train_models
 from tcbm.refine import RefinementSettings
 from tcbm.systems import load_system
@@ -133,11 +133,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="simulations and CPU trainings run this many at a time (tcbm.processes); the models' "
                              "own training times are then those of a share of the cores")
-    parser.add_argument("--variant", action="append", default=[],
-                        help="'label=override override ...': one more tcbm model trained with these train overrides "
-                             "on the same data and evaluated as its own row (an A/B at the benchmark's scale)")
-    parser.add_argument("--refine-steps", type=int, default=0,
-                        help="also evaluate tcbm + this many physics-refinement steps, as its own row (0: no)")
+    add_model_row_arguments(parser, RefinementSettings().temperature_K)
     args = parser.parse_args()
     out = Path(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -14,6 +15,17 @@ import torch
 from tcbm.analysis.report import metrics_table
 
 FIGURES = ("energy", "velocity", "fes", "timescales", "eigenvector_similarity", "bond_lengths")
+
+
+def add_model_row_arguments(parser: argparse.ArgumentParser, temperature_K: float) -> None:
+    """A benchmark's options for rows of its own: ``--variant`` (more tcbm models, each with its train
+    overrides) and ``--refine-steps`` (tcbm + the physics refinement at ``temperature_K``)."""
+    parser.add_argument("--variant", action="append", default=[],
+                        help="'label=override override ...': one more tcbm model trained with these train overrides "
+                             "on the same data and evaluated as its own row (an A/B at the benchmark's scale)")
+    parser.add_argument("--refine-steps", type=int, default=0,
+                        help=f"also evaluate tcbm + this many physics-refinement steps at {temperature_K:g} K, as its "
+                             "own row (0: no)")
 
 
 def command_line() -> str:

@@ -60,11 +60,17 @@ def relabel_rotor_hydrogens(target: torch.Tensor, reference: torch.Tensor, group
     return target.index_copy(1, groups.flatten(), chosen.flatten(1, 2))
 
 
+def group_axes(xyz: torch.Tensor, pivots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each rotor group's turning centre (its rotor atom C) and axis X -> C, both (B, g, 3) nm, from ``xyz``
+    (B, N, 3) and ``pivots`` (g, 2): C, X."""
+    centre = xyz[:, pivots[:, 0]]
+    return centre, centre - xyz[:, pivots[:, 1]]
+
+
 def turn_groups(xyz: torch.Tensor, groups: torch.Tensor, pivots: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """``xyz`` (B, N, 3) with each group's hydrogens (``groups`` (g, 3)) turned rigidly by ``angle`` (B, g) rad
     about the group's own axis, right-handed along X -> C (``pivots`` (g, 2): rotor atom C, axis atom X)."""
-    centre, axis = xyz[:, pivots[:, 0]], xyz[:, pivots[:, 0]] - xyz[:, pivots[:, 1]]  # (B, g, 3)
-    turned = rotate_about_axis(xyz[:, groups], centre, axis, angle)
+    turned = rotate_about_axis(xyz[:, groups], *group_axes(xyz, pivots), angle)
     return xyz.index_copy(1, groups.flatten(), turned.flatten(1, 2))
 
 
@@ -76,8 +82,8 @@ def turn_rotor_hydrogens(target: torch.Tensor, reference: torch.Tensor, groups: 
     dihedral does."""
     if not len(groups):
         return target
-    centre, axis = target[:, pivots[:, 0]], target[:, pivots[:, 0]] - target[:, pivots[:, 1]]
-    return turn_groups(target, groups, pivots, best_turn_angle(target[:, groups], reference[:, groups], centre, axis))
+    angle = best_turn_angle(target[:, groups], reference[:, groups], *group_axes(target, pivots))
+    return turn_groups(target, groups, pivots, angle)
 
 
 def resolve_symmetry(symmetric_rotors: bool | str) -> str:
