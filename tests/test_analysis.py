@@ -273,3 +273,12 @@ def test_several_trajectories_per_data_set_never_pair_frames_across_them(adp_tra
     within = np.concatenate([np.cos(a[2:] - a[:-2]) for a in (angles[:60], angles[60:])]).mean(axis=0)  # 1 ps
     for k, name in enumerate(rotors):
         assert evaluation.metrics["datasets"]["reference"]["rotor_autocorrelation"][name][0] == pytest.approx(within[k])
+
+
+def test_eigenvector_figure_with_no_slow_process(tmp_path):
+    from tcbm.analysis.plots import _eigen_similarity
+
+    metrics = {"datasets": {"reference": {"msm": {}}, "tcbm": {"msm": {"eigenvector_similarity": []}},
+                            "other": {"msm": {"eigenvector_similarity": [[0.9, 0.1], [0.2, 0.8]]}}}}
+    _eigen_similarity(metrics, tmp_path / "eigen.png")
+    assert (tmp_path / "eigen.png").stat().st_size > 5000

@@ -80,8 +80,12 @@ def _eigen_similarity(metrics: dict, path: Path) -> str:
     fig, axes = plt.subplots(1, max(len(others), 1), figsize=(3.8 * max(len(others), 1), 3.4), squeeze=False)
     for ax, (name, entry) in zip(axes[0], others.items()):
         sim = np.asarray(entry["msm"]["eigenvector_similarity"])
-        image = ax.imshow(sim, vmin=0, vmax=1, cmap="magma")
         ax.set_title(name)
+        if sim.size == 0:  # no slow process to compare (e.g. a short or single-state MSM)
+            ax.text(0.5, 0.5, "no slow eigenvectors to compare", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        image = ax.imshow(sim, vmin=0, vmax=1, cmap="magma")
         ax.set_xlabel(f"{name} eigenvector")
         ax.set_ylabel("reference eigenvector")
         ax.set_xticks(range(sim.shape[1]), [str(i + 2) for i in range(sim.shape[1])])
