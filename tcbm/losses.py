@@ -50,12 +50,15 @@ def energy_loss(pred: torch.Tensor, target: torch.Tensor, energy: MMEnergy, temp
     return (torch.sqrt(1 + diff.pow(2)) - 1).mean().to(pred.dtype)
 
 
-def chirality_loss(pred: torch.Tensor, target: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Mirrored stereocentres (:mod:`tcbm.stereo`): ``relu(−V_pred / V_target)`` averaged over centres and
-    batch — 0 while every centre keeps the target's handedness, 1 for a centre fully mirrored (dimensionless)."""
+def chirality_loss(pred: torch.Tensor, target: torch.Tensor, centres: torch.Tensor, margin: float = 0.0
+                   ) -> torch.Tensor:
+    """Stereocentres (:mod:`tcbm.stereo`) that are mirrored or, with ``margin`` > 0, flattened:
+    ``relu(margin − V_pred / V_target)`` averaged over centres and batch (dimensionless).  With margin 0 it is 0
+    while every centre keeps the target's handedness and 1 for a centre fully mirrored; with margin m a centre
+    is also penalised while its signed volume is below m times the target's (a flat centre, V ≈ 0, costs m)."""
     v_target = signed_volumes(target, centres)
     v_target = v_target.sign() * v_target.abs().clamp_min(1e-6)
-    return torch.relu(-signed_volumes(pred, centres) / v_target).mean()
+    return torch.relu(margin - signed_volumes(pred, centres) / v_target).mean()
 
 
 def kl_per_dimension(mean: torch.Tensor, log_var: torch.Tensor, prior_mean: torch.Tensor | None = None,

@@ -5,6 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tcbm import losses
 from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.data import TripleDataset, load_aa_trajectories
 from tcbm.latent import LatentSampler
@@ -287,3 +288,15 @@ def test_decoder_vox_scores_the_decoder_density_without_the_previous_frame_prior
     assert terms["vox"].item() < 0.9 * terms["decoder_vox"].item()  # the prior's density is closer to the truth
     without_prior = make_module(adp, weights={"decoder_vox": 10.0}, network_extra={"previous_prior": False})
     assert "decoder_vox" not in without_prior._terms(batch, sample=False)[0]
+
+
+def test_chirality_margin_reaches_the_loss(adp_traj, adp):
+    batch = batch_of(adp_traj, adp)
+    for margin in (0.0, 2.0):
+        module = make_module(adp, chirality_margin=margin)
+        torch.manual_seed(0)
+        terms, coords, _ = module._terms(batch, sample=False)
+        expected = losses.chirality_loss(coords, batch["aa"], module.stereocentres, margin)
+        assert terms["chirality"].item() == pytest.approx(expected.item())
+        if margin:  # an untrained decoder's Cα is nowhere near twice the reference's volume
+            assert terms["chirality"].item() > 0.5

@@ -45,6 +45,16 @@ def test_chirality_loss_is_zero_for_the_target_one_for_its_mirror_and_pushes_bac
         assert losses.chirality_loss(mirrored - 1e-4 * mirrored.grad, target, centres) < loss
 
 
+@pytest.mark.parametrize("margin, expected", [(0.0, [0.0, 0.0, 0.0, 1.0]), (0.5, [0.0, 0.25, 0.5, 1.5])])
+def test_chirality_margin_also_charges_flattened_centres(cln, margin, expected):
+    # squeezing every atom's z by s scales each signed volume by s: V/V_ref = s for every centre
+    centres = torch.as_tensor(stereocentres(cln.topology))
+    target = torch.as_tensor(cln.reference_xyz)[None].double()
+    for s, cost in zip([1.0, 0.25, 0.0, -1.0], expected):
+        squeezed = target * torch.tensor([1.0, 1.0, s], dtype=torch.float64)
+        assert losses.chirality_loss(squeezed, target, centres, margin).item() == pytest.approx(cost, abs=1e-9)
+
+
 def test_stereo_fraction_counts_frames_with_a_mirrored_centre(adp_traj):
     reference = md.load(str(adp_traj[0]), top=str(adp_traj[1]))[:20]
     assert stereo_fraction(reference, reference) == 1.0
