@@ -42,14 +42,17 @@ class CVAEModule(pl.LightningModule):
     ``symmetric_rotors`` matches the hydrogens of every CH3/NH3 group of each target to the prediction before
     the loss is taken (:mod:`tcbm.symmetry`): ``cyclic`` (or true) by the closest cyclic relabelling,
     ``continuous`` by the closest rigid turn about the group's axis; ``none`` (or false) not at all;
-    ``chirality_margin`` is the chirality term's margin (:func:`tcbm.losses.chirality_loss`).
+    ``chirality_margin`` is the chirality term's margin (:func:`tcbm.losses.chirality_loss`);
+    ``energy_max_pull`` caps the weighted energy term's gradient on each predicted atom (loss units per nm;
+    :func:`tcbm.losses.capped_pull`; None: uncapped).
     """
 
     def __init__(self, system: dict, grid: dict, network: dict, weights: dict | None = None,
                  energy_weight: dict | None = None, kl_weight: dict | None = None, lr: float = 1e-3,
                  weight_decay: float = 0.0, lr_schedule: str = "none", temperature: float = 300.0,
                  lag: int = 1, compile: bool = False, prev_noise_nm: float = 0.0, unroll: dict | None = None,
-                 free_bits: float = 0.0, symmetric_rotors: bool | str = False, chirality_margin: float = 0.0) -> None:
+                 free_bits: float = 0.0, symmetric_rotors: bool | str = False, chirality_margin: float = 0.0,
+                 energy_max_pull: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.system = MolecularSystem.from_dict(system)
@@ -101,11 +104,12 @@ class CVAEModule(pl.LightningModule):
             # the decoder's density must place the atoms by itself; the previous-frame prior only picks a mode
             terms["decoder_vox"] = losses.vox_loss(self.model.densities(out.decoder_logits), self.grid.normalized(aa))
         if len(self.stereocentres):
-            terms["chirality"] = losses.chirality_loss(coords, aa, self.stereocentres,
-                                                           self.hparams.chirality_margin)
+            terms["chirality"] = losses.chirality_loss(coords, aa, self.stereocentres, self.hparams.chirality_margin)
         lam = self.energy_weight(self.global_step)
         if lam > 0:
-            terms["energy"] = losses.energy_loss(coords, energy_target, self.energy, self.hparams.temperature)
+            cap = self.hparams.energy_max_pull  # on the gradient as it arrives in training: λ-weighted
+            energy_coords = coords if cap is None else losses.capped_pull(coords, cap)
+            terms["energy"] = losses.energy_loss(energy_coords, energy_target, self.energy, self.hparams.temperature)
         with torch.no_grad():
             diagnostics = {"kl_nats": losses.kl_loss(out.mean, out.log_var, **prior),
                            "active_units": losses.active_units(out.mean, **prior).float()}

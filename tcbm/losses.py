@@ -50,6 +50,27 @@ def energy_loss(pred: torch.Tensor, target: torch.Tensor, energy: MMEnergy, temp
     return (torch.sqrt(1 + diff.pow(2)) - 1).mean().to(pred.dtype)
 
 
+class _CappedPull(torch.autograd.Function):
+    """Identity forward; backward scales each atom's gradient vector down to norm ``cap`` where it is larger."""
+
+    @staticmethod
+    def forward(ctx, coords: torch.Tensor, cap: float) -> torch.Tensor:
+        ctx.cap = cap
+        return coords.view_as(coords)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        norm = grad.norm(dim=-1, keepdim=True)
+        return grad * (ctx.cap / norm.clamp_min(1e-30)).clamp(max=1.0), None
+
+
+def capped_pull(coords: torch.Tensor, cap: float) -> torch.Tensor:
+    """``coords`` (..., N, 3) unchanged, but the gradient a loss computed from them sends back through them is
+    capped per atom at norm ``cap`` (loss units per nm; direction kept): a term with huge forces, such as the
+    soft-core energy of overlapping atoms, then pulls no atom harder than ``cap``."""
+    return _CappedPull.apply(coords, cap)
+
+
 def chirality_loss(pred: torch.Tensor, target: torch.Tensor, centres: torch.Tensor, margin: float = 0.0
                    ) -> torch.Tensor:
     """Stereocentres (:mod:`tcbm.stereo`) that are mirrored or, with ``margin`` > 0, flattened:

@@ -157,6 +157,7 @@ def train(cfg: DictConfig, progress_position: int = 0) -> Path | None:
         temperature=cfg.model.temperature_K, lag=cfg.data.lag, compile=cfg.model.compile,
         prev_noise_nm=cfg.model.prev_noise_nm, unroll=unroll, free_bits=loss.free_bits,
         symmetric_rotors=_rotor_symmetry(cfg, network["history"]), chirality_margin=loss.chirality_margin,
+        energy_max_pull=loss.energy_max_pull,
     )
     library = SeedLibrary.from_frames(data.data.xyz, data.train_idx, system.mapping, cfg.data.lag,
                                       network["history"], cfg.model.seed_library_size)

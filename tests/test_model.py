@@ -300,3 +300,31 @@ def test_chirality_margin_reaches_the_loss(adp_traj, adp):
         assert terms["chirality"].item() == pytest.approx(expected.item())
         if margin:  # an untrained decoder's Cα is nowhere near twice the reference's volume
             assert terms["chirality"].item() > 0.5
+
+
+def test_capped_pull_shortens_only_the_large_per_atom_gradients():
+    coords = torch.zeros(1, 3, 3, requires_grad=True)
+    forces = torch.tensor([[[10.0, 0.0, 0.0], [0.0, 0.03, -0.04], [3.0, 4.0, 0.0]]])
+    (losses.capped_pull(coords, 1.0) * forces).sum().backward()
+    expected = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.03, -0.04], [0.6, 0.8, 0.0]]])
+    torch.testing.assert_close(coords.grad, expected)
+    assert losses.capped_pull(coords, 1.0) is not coords and torch.equal(losses.capped_pull(coords, 1.0), coords)
+
+
+def test_energy_max_pull_caps_the_energy_terms_pull_on_every_atom(adp_traj, adp):
+    batch = batch_of(adp_traj, adp)
+
+    def energy_pulls(cap):
+        torch.manual_seed(0)  # the same weights every time
+        module = make_module(adp, energy_max_pull=cap)
+        module.energy_weight = EnergyWeight(final=0.5, warmup_steps=-10, tau_steps=1e-9)  # λ = 0.5 at step 0
+        terms, coords, _ = module._terms(batch, sample=False)
+        (grad,) = torch.autograd.grad(0.5 * terms["energy"], coords)
+        return grad.norm(dim=-1)
+
+    free = energy_pulls(None)
+    cap = free.median().item()  # half the atoms pulled harder than this
+    capped = energy_pulls(cap)
+    assert capped.max() <= cap * (1 + 1e-5) and free.max() > 2 * cap
+    torch.testing.assert_close(capped[free < cap], free[free < cap])
+    torch.testing.assert_close(capped[free > cap], torch.full_like(capped[free > cap], cap))
