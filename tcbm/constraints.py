@@ -73,6 +73,66 @@ class BondConstraints(nn.Module):
         return x.index_copy(-2, hydrogen, placed)
 
 
+def hydrogen_angles(system: MolecularSystem, max_energy_kJmol: float, omm_system: openmm.System | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The force field's angles X–C–H between two heavy atoms and a hydrogen: index rows (m, 3) as (X, C, H),
+    and bounds (m, 2) rad on each such angle within which its harmonic energy stays at most
+    ``max_energy_kJmol`` (θ0 ± sqrt(2 E / k)).  ``omm_system`` as in :func:`hydrogen_bonds`."""
+    hydrogen = [atom.element.symbol == "H" for atom in system.topology.atoms]
+    rows, bounds = [], []
+    if omm_system is None:
+        omm_system = system.openmm_system()
+    for force in omm_system.getForces():
+        if isinstance(force, openmm.HarmonicAngleForce):
+            for n in range(force.getNumAngles()):
+                i, j, k, theta0, stiffness = force.getAngleParameters(n)
+                if hydrogen[j] or hydrogen[i] == hydrogen[k]:
+                    continue
+                theta0 = theta0.value_in_unit(openmm.unit.radian)
+                half_width = np.sqrt(2 * max_energy_kJmol / stiffness.value_in_unit(
+                    openmm.unit.kilojoule_per_mole / openmm.unit.radian ** 2))
+                rows.append((k, j, i) if hydrogen[i] else (i, j, k))
+                bounds.append((max(theta0 - half_width, 0.0), min(theta0 + half_width, np.pi)))
+    return np.array(rows, dtype=np.int64).reshape(-1, 3), np.array(bounds, dtype=np.float64).reshape(-1, 2)
+
+
+class AngleBounds(nn.Module):
+    """Turns each hydrogen H of ``rows`` (m, 3; X, C, H) about its heavy atom C, in the X–C–H plane, until the
+    angle X–C–H lies within ``bounds`` (m, 2) rad; the C–H length and the H's side of the plane are kept, and
+    an angle already within bounds is left as it is.  A hydrogen with several such angles (on a CH or CH2) is
+    handled one angle per pass.  Differentiable, any batch shape (..., N, 3)."""
+
+    def __init__(self, rows: np.ndarray, bounds: np.ndarray) -> None:
+        super().__init__()
+        order = np.argsort(rows[:, 2], kind="stable")
+        rows, bounds = rows[order].reshape(-1, 3), bounds[order].reshape(-1, 2)
+        # pass p holds each hydrogen's p-th angle, so that no hydrogen is moved twice in one vectorised pass
+        occurrence = np.zeros(len(rows), dtype=np.int64)
+        for n in range(1, len(rows)):
+            occurrence[n] = occurrence[n - 1] + 1 if rows[n, 2] == rows[n - 1, 2] else 0
+        self.passes = int(occurrence.max()) + 1 if len(rows) else 0
+        for p in range(self.passes):
+            self.register_buffer(f"rows_{p}", torch.as_tensor(rows[occurrence == p]), persistent=False)
+            self.register_buffer(f"bounds_{p}", torch.as_tensor(bounds[occurrence == p]), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for p in range(self.passes):
+            rows, bounds = getattr(self, f"rows_{p}"), getattr(self, f"bounds_{p}").to(x.dtype)
+            centre = x[..., rows[:, 1], :]
+            axis = x[..., rows[:, 0], :] - centre
+            axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+            bond = x[..., rows[:, 2], :] - centre
+            along = (bond * axis).sum(-1, keepdim=True)
+            across = bond - along * axis
+            across_norm = across.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+            angle = torch.atan2(across_norm, along)
+            bounded = torch.minimum(torch.maximum(angle, bounds[:, :1]), bounds[:, 1:])
+            length = bond.norm(dim=-1, keepdim=True)
+            placed = centre + length * (bounded.cos() * axis + bounded.sin() * across / across_norm)
+            x = x.index_copy(-2, rows[:, 2], torch.where(angle == bounded, x[..., rows[:, 2], :], placed))
+        return x
+
+
 def resolve_hbond_constraints(network: dict, system: MolecularSystem, xyz: np.ndarray,
                               frames: np.ndarray | None = None) -> dict:
     """``network`` (keyword arguments of :class:`~tcbm.model.BackmapCVAE`) with ``constrain_hbonds: 'auto'``

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tcbm.constraints import BondConstraints, hydrogen_bonds
+from tcbm.constraints import AngleBounds, BondConstraints, hydrogen_angles, hydrogen_bonds
 from tcbm.geometry import superpose
 from tcbm.networks import Decoder, Encoder
 from tcbm.voxels import VoxelGrid
@@ -52,14 +52,22 @@ class BackmapCVAE(nn.Module):
 
     With ``constrain_hbonds`` every hydrogen outside the CG map is finally moved along its bond to the force
     field's length (:mod:`tcbm.constraints`), as in reference data simulated with those bonds constrained; it
-    needs the table of those bonds, ``hbonds`` ((m, 2) heavy atom and hydrogen, (m,) nm; :meth:`for_system`)."""
+    needs the table of those bonds, ``hbonds`` ((m, 2) heavy atom and hydrogen, (m,) nm; :meth:`for_system`).
+
+    With ``hydrogen_angle_max_kJmol`` every hydrogen outside the CG map is then turned about its heavy atom
+    until each force-field angle X–C–H it closes holds at most that much harmonic energy (kJ/mol;
+    :class:`~tcbm.constraints.AngleBounds`): a read-out that pulls a hydrogen toward its rotor axis (the mean of
+    a methyl's turn) gives a strained angle no thermal frame has; angles within the bound are left alone.  It
+    needs ``hydrogen_angle_bounds`` ((m, 3) X, C, H rows and (m, 2) rad bounds; :meth:`for_system`)."""
 
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
                  depth: int = 1, history: int = 1, channels_last: bool = False, previous_prior: bool = True,
                  latent_input: bool = False, output_skip: bool = False, project_cg: bool | str = False,
                  conditional_prior: bool = False, prior_min_spacings: float = 0.0, align_previous: bool = False,
-                 constrain_hbonds: bool = False, cg_map: tuple[np.ndarray, np.ndarray | None] | None = None,
-                 hbonds: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 constrain_hbonds: bool = False, hydrogen_angle_max_kJmol: float | None = None,
+                 cg_map: tuple[np.ndarray, np.ndarray | None] | None = None,
+                 hbonds: tuple[np.ndarray, np.ndarray] | None = None,
+                 hydrogen_angle_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__()
         if grid.d % 2:
             raise ValueError(f"the decoder halves the grid once: grid.d must be even, got {grid.d}")
@@ -72,6 +80,9 @@ class BackmapCVAE(nn.Module):
         if constrain_hbonds and hbonds is None:
             raise ValueError("constrain_hbonds needs the system's bonds to hydrogen: build the model with "
                              "BackmapCVAE.for_system")
+        if hydrogen_angle_max_kJmol is not None and hydrogen_angle_bounds is None:
+            raise ValueError("hydrogen_angle_max_kJmol needs the system's angles to hydrogen: build the model with "
+                             "BackmapCVAE.for_system")
         if align_previous and n_beads < 3:
             raise ValueError(f"align_previous superposes previous frames on their CG: needs >= 3 beads, got {n_beads}")
         self.project_cg, self.align_previous = bool(project_cg), align_previous and history > 0
@@ -80,6 +91,7 @@ class BackmapCVAE(nn.Module):
         if project_cg:
             self.register_buffer("cg_projection", torch.as_tensor(cg_map[1], dtype=torch.float32), persistent=False)
         self.hbond_constraints = BondConstraints(*hbonds) if constrain_hbonds else None
+        self.angle_bounds = AngleBounds(*hydrogen_angle_bounds) if hydrogen_angle_max_kJmol is not None else None
         self.n_atoms, self.n_beads, self.grid, self.history = n_atoms, n_beads, grid, history
         self.latent_dim, self.channels_last, self.conditional_prior = latent_dim, channels_last, conditional_prior
         cond_channels = n_beads + history * n_atoms
@@ -109,7 +121,13 @@ class BackmapCVAE(nn.Module):
             pairs, lengths = hydrogen_bonds(system)
             free = ~system.mapping.weights[:, pairs[:, 1]].any(0)
             hbonds = (pairs[free], lengths[free])
-        return cls(system.n_atoms, system.n_beads, grid, cg_map=cg_map, hbonds=hbonds, **config)
+        angle_bounds = None
+        if config.get("hydrogen_angle_max_kJmol") is not None:
+            rows, bounds = hydrogen_angles(system, config["hydrogen_angle_max_kJmol"])
+            free = ~system.mapping.weights[:, rows[:, 2]].any(0)
+            angle_bounds = (rows[free], bounds[free])
+        return cls(system.n_atoms, system.n_beads, grid, cg_map=cg_map, hbonds=hbonds,
+                   hydrogen_angle_bounds=angle_bounds, **config)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
@@ -176,6 +194,8 @@ class BackmapCVAE(nn.Module):
             coords = coords + self.cg_projection @ (cg.float() - self.cg_weights @ coords)
         if self.hbond_constraints is not None:
             coords = self.hbond_constraints(coords)
+        if self.angle_bounds is not None:
+            coords = self.angle_bounds(coords)
         return density, coords, decoder_logits
 
     def generate(self, cond: torch.Tensor, noise: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None = None

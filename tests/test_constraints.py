@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from tcbm.constraints import BondConstraints, hbonds_constrained_in, hydrogen_bonds, resolve_hbond_constraints
+from tcbm.constraints import (
+    AngleBounds,
+    BondConstraints,
+    hbonds_constrained_in,
+    hydrogen_angles,
+    hydrogen_bonds,
+    resolve_hbond_constraints,
+)
 from tcbm.model import BackmapCVAE
 from tcbm.voxels import VoxelGrid
 
@@ -80,3 +87,75 @@ def test_model_read_out_obeys_constraints_and_cg(adp):
     assert (free[:, pairs[:, 1]] - free[:, pairs[:, 0]]).norm(dim=-1).sub(torch.as_tensor(lengths)).abs().max() > 0.01
     with pytest.raises(ValueError, match="resolve 'auto'"):
         BackmapCVAE.for_system(adp, grid, latent_dim=2, width=4, history=1, constrain_hbonds="auto")
+
+
+def _angles(x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    a, c, b = (x[..., rows[:, i], :] for i in range(3))
+    u, v = a - c, b - c
+    return torch.atan2(torch.linalg.cross(u, v).norm(dim=-1), (u * v).sum(-1))
+
+
+def test_hydrogen_angle_table_bounds_each_angles_energy(adp):
+    import openmm
+
+    rows, bounds = hydrogen_angles(adp, max_energy_kJmol=5.0)
+    hydrogen = np.array([a.element.symbol == "H" for a in adp.topology.atoms])
+    assert not hydrogen[rows[:, :2]].any() and hydrogen[rows[:, 2]].all()
+    # ADP: every hydrogen sits on a carbon or nitrogen that has a heavy neighbour
+    assert set(rows[:, 2]) == set(np.flatnonzero(hydrogen))
+    force = next(f for f in adp.openmm_system().getForces() if isinstance(f, openmm.HarmonicAngleForce))
+    params = {}
+    for n in range(force.getNumAngles()):
+        i, j, k, theta0, stiffness = force.getAngleParameters(n)
+        params[(i, j, k)] = params[(k, j, i)] = (theta0.value_in_unit(openmm.unit.radian),
+                                                 stiffness.value_in_unit(
+                                                 openmm.unit.kilojoule_per_mole / openmm.unit.radian ** 2))
+    for (x, c, h), (low, high) in zip(rows, bounds):
+        theta0, k = params[(x, c, h)]
+        assert 0.5 * k * (high - theta0) ** 2 == pytest.approx(5.0) and low < theta0 < high
+
+
+def test_angle_bounds_turn_only_hydrogens_outside_them(adp):
+    rows, bounds = hydrogen_angles(adp, max_energy_kJmol=5.0)
+    x = torch.as_tensor(adp.reference_xyz, dtype=torch.float64)[None].repeat(2, 1, 1)
+    inside = _angles(x, rows)
+    assert ((inside >= torch.as_tensor(bounds[:, 0])) & (inside <= torch.as_tensor(bounds[:, 1]))).all()
+    # frame 1: a methyl hydrogen (one heavy-atom angle) pulled toward its rotor axis
+    methyl = next(n for n, h in enumerate(rows[:, 2]) if (rows[:, 2] == h).sum() == 1)
+    xh, ch, hh = rows[methyl]
+    axis = (x[1, ch] - x[1, xh]) / (x[1, ch] - x[1, xh]).norm()
+    bond = x[1, hh] - x[1, ch]
+    x[1, hh] = x[1, ch] + 0.5 * bond + 0.1 * axis  # angle X-C-H near 150 degrees, shorter bond
+    before = x.clone()
+    out = AngleBounds(rows, bounds)(x)
+    assert torch.equal(out[0], before[0])  # every angle within bounds: nothing moves
+    moved = (out[1] - before[1]).norm(dim=-1) > 0
+    assert moved.nonzero().flatten().tolist() == [hh]
+    assert _angles(out[1], rows[methyl:methyl + 1]).item() == pytest.approx(bounds[methyl, 1])
+    assert (out[1, hh] - out[1, ch]).norm() == pytest.approx((before[1, hh] - before[1, ch]).norm().item())
+    # still in the X-C-H plane it was in
+    normal = torch.linalg.cross(x[1, xh] - x[1, ch], before[1, hh] - x[1, ch])
+    assert torch.dot(normal, out[1, hh] - out[1, ch]).abs() < 1e-12
+
+
+def test_model_read_out_bounds_hydrogen_angles_and_keeps_bonds_and_cg(adp):
+    grid = VoxelGrid(d=8, r_grid=2.0, sigma=0.2)
+    torch.manual_seed(0)
+    config = dict(latent_dim=2, width=4, history=1, project_cg="smooth", constrain_hbonds=True)
+    model = BackmapCVAE.for_system(adp, grid, hydrogen_angle_max_kJmol=11.2, **config)
+    free_model = BackmapCVAE.for_system(adp, grid, **config)
+    free_model.load_state_dict(model.state_dict())
+    aa = torch.as_tensor(adp.reference_xyz, dtype=torch.float32)[None].repeat(2, 1, 1)
+    cg = adp.mapping(aa)
+    rows, bounds = hydrogen_angles(adp, 11.2)
+    single = np.array([(rows[:, 2] == h).sum() == 1 for h in rows[:, 2]])  # methyl hydrogens: one angle each
+    low, high = (torch.as_tensor(b[single]) for b in bounds.T)
+    coords = model(aa, cg, aa[:, None]).coords.detach().double()
+    angles = _angles(coords, rows[single])
+    assert ((angles >= low - 1e-5) & (angles <= high + 1e-5)).all()
+    free_angles = _angles(free_model(aa, cg, aa[:, None]).coords.detach().double(), rows[single])
+    assert ((free_angles < low) | (free_angles > high)).any()  # an untrained read-out strains some
+    pairs, lengths = hydrogen_bonds(adp)
+    bonds = (coords[:, pairs[:, 1]] - coords[:, pairs[:, 0]]).norm(dim=-1)
+    assert torch.allclose(bonds, torch.as_tensor(lengths).expand_as(bonds), atol=1e-6)
+    assert torch.allclose(adp.mapping(coords.float()), cg, atol=1e-5)
