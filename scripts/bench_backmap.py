@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.backmap import Backmapper, RolloutSettings
 from tcbm.benchmark import command_line
+from tcbm.constraints import resolve_angle_bounds
 from tcbm.latent import LatentSampler
 from tcbm.model import BackmapCVAE
 from tcbm.systems import load_system
@@ -44,6 +45,7 @@ def build_model(name: str) -> BackmapModel:
     network_config = OmegaConf.to_container(cfg.model.network)
     if network_config["constrain_hbonds"] == "auto":  # as trained on `tcbm simulate` data (bonds to H constrained)
         network_config["constrain_hbonds"] = True
+    network_config = resolve_angle_bounds(network_config, cfg.model.temperature_K)
     torch.manual_seed(0)
     network = BackmapCVAE.for_system(system, VoxelGrid(**cfg.model.grid), **network_config)
     rng = np.random.default_rng(0)

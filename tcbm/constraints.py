@@ -12,6 +12,7 @@ import openmm
 import torch
 from torch import nn
 
+from tcbm.energy import KB
 from tcbm.systems import MolecularSystem
 
 #: a bond to hydrogen whose length varies less than this (standard deviation over frames, nm) is constrained;
@@ -145,3 +146,15 @@ def resolve_hbond_constraints(network: dict, system: MolecularSystem, xyz: np.nd
     elif not isinstance(setting, bool):
         raise ValueError(f"model.network.constrain_hbonds must be true, false or auto, got {setting!r}")
     return {**network, "constrain_hbonds": setting}
+
+
+def resolve_angle_bounds(network: dict, temperature_K: float) -> dict:
+    """``network`` with ``hydrogen_angle_max_kT`` (the config's form: thermal energies at ``temperature_K``,
+    the data's temperature in K) replaced by the model's ``hydrogen_angle_max_kJmol``; None stays off."""
+    network = dict(network)
+    max_kt = network.pop("hydrogen_angle_max_kT", None)
+    if max_kt is not None:
+        if max_kt <= 0:
+            raise ValueError(f"model.network.hydrogen_angle_max_kT must be positive (or null: off), got {max_kt}")
+        network["hydrogen_angle_max_kJmol"] = float(max_kt) * KB * temperature_K
+    return network

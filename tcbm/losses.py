@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from tcbm.energy import MMEnergy
+from tcbm.energy import KB, MMEnergy
 from tcbm.mapping import CGMapping
 from tcbm.stereo import signed_volumes
-
-#: Boltzmann constant in kJ/mol/K.
-KB = 0.0083144626
 
 
 def vox_loss(pred_density: torch.Tensor, target_density: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from tcbm.constraints import BondConstraints, hydrogen_bonds
-from tcbm.energy import MMEnergy
-from tcbm.losses import KB
+from tcbm.energy import KB, MMEnergy
 from tcbm.systems import MolecularSystem
 
 

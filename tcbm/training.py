@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
 from tcbm.artifact import BackmapModel, SeedLibrary
-from tcbm.constraints import resolve_hbond_constraints
+from tcbm.constraints import resolve_angle_bounds, resolve_hbond_constraints
 from tcbm.data import BackmapDataModule, TripleDataset
 from tcbm.fingerprint import digest, file_digest
 from tcbm.io import expand_paths
@@ -147,6 +147,7 @@ def train(cfg: DictConfig, progress_position: int = 0) -> Path | None:
                              num_workers=cfg.data.num_workers, max_radius=grid.max_radius,
                              balance=OmegaConf.to_container(cfg.data.balance))
     network = resolve_hbond_constraints(network, system, data.data.xyz, data.train_idx)
+    network = resolve_angle_bounds(network, cfg.model.temperature_K)
     if cfg.ckpt_path:
         check_checkpoint(cfg.ckpt_path, system, grid, network)
     loss = cfg.model.loss

@@ -14,6 +14,7 @@ from tcbm.constraints import (
     hbonds_constrained_in,
     hydrogen_angles,
     hydrogen_bonds,
+    resolve_angle_bounds,
     resolve_hbond_constraints,
 )
 from tcbm.model import BackmapCVAE
@@ -159,3 +160,13 @@ def test_model_read_out_bounds_hydrogen_angles_and_keeps_bonds_and_cg(adp):
     bonds = (coords[:, pairs[:, 1]] - coords[:, pairs[:, 0]]).norm(dim=-1)
     assert torch.allclose(bonds, torch.as_tensor(lengths).expand_as(bonds), atol=1e-6)
     assert torch.allclose(adp.mapping(coords.float()), cg, atol=1e-5)
+
+
+def test_angle_bound_in_kt_resolves_to_kj_per_mol_at_the_data_temperature():
+    network = {"history": 1, "hydrogen_angle_max_kT": 4.5}
+    resolved = resolve_angle_bounds(network, 350.0)
+    assert resolved == {"history": 1, "hydrogen_angle_max_kJmol": pytest.approx(4.5 * 0.0083144626 * 350.0)}
+    assert "hydrogen_angle_max_kT" in network  # the caller's dict is left as it was
+    assert resolve_angle_bounds({"hydrogen_angle_max_kT": None}, 300.0) == {}
+    with pytest.raises(ValueError, match="must be positive"):
+        resolve_angle_bounds({"hydrogen_angle_max_kT": -1.0}, 300.0)

@@ -166,9 +166,12 @@ def train_config(tmp_path, adp_traj, **overrides):
 def test_train_end_to_end_and_resume_checks(tmp_path, adp_traj, adp, cln):
     from tcbm.training import check_checkpoint, train
 
-    cfg = train_config(tmp_path, adp_traj)
+    cfg = train_config(tmp_path, adp_traj, **{"model.network.hydrogen_angle_max_kT": 4.5})
     path = train(cfg)
     model = BackmapModel.load(path)
+    # the angle bound, given in kT, is kept with the weights in kJ/mol at the data's temperature (300 K)
+    assert model.network_config["hydrogen_angle_max_kJmol"] == pytest.approx(4.5 * 0.0083144626 * 300.0)
+    assert model.network.angle_bounds is not None
     assert model.sampler.latent_dim == 2 and (tmp_path / "checkpoints" / "last.ckpt").exists()
     rows = [r for f in (tmp_path / "logs").rglob("metrics.csv") for r in csv.DictReader(f.open())]
     assert any(float(r.get("train/coord_grad/aa") or 0) > 0 for r in rows)  # each term's pull on the atoms is logged

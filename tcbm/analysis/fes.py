@@ -8,7 +8,7 @@ import mdtraj as md
 import numpy as np
 from deeptime.decomposition import TICA
 
-from tcbm.losses import KB
+from tcbm.energy import KB
 
 
 def ramachandran(traj: md.Trajectory) -> np.ndarray:
