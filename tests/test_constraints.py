@@ -170,3 +170,21 @@ def test_angle_bound_in_kt_resolves_to_kj_per_mol_at_the_data_temperature():
     assert resolve_angle_bounds({"hydrogen_angle_max_kT": None}, 300.0) == {}
     with pytest.raises(ValueError, match="must be positive"):
         resolve_angle_bounds({"hydrogen_angle_max_kT": -1.0}, 300.0)
+
+
+def test_angle_bound_passes_gradients_straight_through(adp):
+    # the loss must still see where the read-out put a hydrogen, or training stops correcting strained ones
+    grid = VoxelGrid(d=8, r_grid=2.0, sigma=0.2)
+    config = dict(latent_dim=2, width=4, history=1, project_cg="smooth", constrain_hbonds=True)
+    torch.manual_seed(0)
+    bounded = BackmapCVAE.for_system(adp, grid, hydrogen_angle_max_kJmol=11.2, **config)
+    free = BackmapCVAE.for_system(adp, grid, **config)
+    free.load_state_dict(bounded.state_dict())
+    aa = torch.as_tensor(adp.reference_xyz, dtype=torch.float32)[None].repeat(2, 1, 1)
+    cg = adp.mapping(aa)
+    grads = []
+    for model in (bounded, free):
+        coords = model(aa, cg, aa[:, None], sample=False).coords
+        (coords * torch.linspace(-1, 1, coords.numel()).view_as(coords)).sum().backward()
+        grads.append(next(model.decoder.parameters()).grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
