@@ -57,8 +57,8 @@ class BackmapCVAE(nn.Module):
     With ``hydrogen_angle_max_kJmol`` every hydrogen outside the CG map is then turned about its heavy atom
     until each force-field angle X–C–H it closes holds at most that much harmonic energy (kJ/mol;
     :class:`~tcbm.constraints.AngleBounds`): a read-out that pulls a hydrogen toward its rotor axis (the mean of
-    a methyl's turn) gives a strained angle no thermal frame has; angles within the bound are left alone.  The
-    bound passes gradients straight through (as if it were not there), so training still corrects the read-out.  It
+    a methyl's turn) gives a strained angle no thermal frame has; angles within the bound are left alone.  It
+    acts in eval mode only (rollout validation, :meth:`generate`, ``tcbm backmap``): training is unchanged.  It
     needs ``hydrogen_angle_bounds`` ((m, 3) X, C, H rows and (m, 2) rad bounds; :meth:`for_system`)."""
 
     def __init__(self, n_atoms: int, n_beads: int, grid: VoxelGrid, latent_dim: int = 32, width: int = 32,
@@ -195,11 +195,10 @@ class BackmapCVAE(nn.Module):
             coords = coords + self.cg_projection @ (cg.float() - self.cg_weights @ coords)
         if self.hbond_constraints is not None:
             coords = self.hbond_constraints(coords)
-        if self.angle_bounds is not None:
-            # straight-through: the output is bounded, the gradient is the unbounded read-out's, so the loss
-            # still pulls a strained hydrogen back (bounded in the backward pass too, the network learns to
-            # leave methyl hydrogens at the bound: ADP rollout-validation W1 41 vs 5 kJ/mol)
-            coords = coords + (self.angle_bounds(coords) - coords).detach()
+        if self.angle_bounds is not None and not self.training:
+            # an output step only: the training loss sees the read-out as it is, so it keeps pulling strained
+            # hydrogens back (trained through the bound, the networks left them at it: benchmarks/ab_angle_bounds)
+            coords = self.angle_bounds(coords)
         return density, coords, decoder_logits
 
     def generate(self, cond: torch.Tensor, noise: torch.Tensor, cg: torch.Tensor, aa_prev: torch.Tensor | None = None
