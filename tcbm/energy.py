@@ -30,6 +30,7 @@ IGNORED_FORCES = ("CMMotionRemover",)
 #: Boltzmann constant in kJ/mol/K.
 KB = 0.0083144626
 
+
 def _bond_lengths(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
     return (x[..., j, :] - x[..., i, :]).norm(dim=-1)
 

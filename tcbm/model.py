@@ -117,14 +117,16 @@ class BackmapCVAE(nn.Module):
             cg_map = (system.mapping.weights, system.mapping.projection(bonds, kind))
         elif config.get("align_previous"):
             cg_map = (system.mapping.weights, None)
-        hbonds = None
+        hbonds, angle_bounds = None, None
+        bounded_angles = config.get("hydrogen_angle_max_kJmol") is not None
+        # one OpenMM System for both tables (kept alive while they are read)
+        omm_system = system.openmm_system() if config.get("constrain_hbonds") or bounded_angles else None
         if config.get("constrain_hbonds"):  # hydrogens in the CG map stay where the CG projection put them
-            pairs, lengths = hydrogen_bonds(system)
+            pairs, lengths = hydrogen_bonds(system, omm_system)
             free = ~system.mapping.weights[:, pairs[:, 1]].any(0)
             hbonds = (pairs[free], lengths[free])
-        angle_bounds = None
-        if config.get("hydrogen_angle_max_kJmol") is not None:
-            rows, bounds = hydrogen_angles(system, config["hydrogen_angle_max_kJmol"])
+        if bounded_angles:
+            rows, bounds = hydrogen_angles(system, config["hydrogen_angle_max_kJmol"], omm_system)
             free = ~system.mapping.weights[:, rows[:, 2]].any(0)
             angle_bounds = (rows[free], bounds[free])
         return cls(system.n_atoms, system.n_beads, grid, cg_map=cg_map, hbonds=hbonds,
