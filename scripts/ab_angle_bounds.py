@@ -24,12 +24,11 @@ from tcbm.analysis.observables import potential_energies
 from tcbm.benchmark import command_line
 from tcbm.constraints import AngleBounds, hydrogen_angles
 from tcbm.energy import KB
-from tcbm.systems import MolecularSystem, load_system
+from tcbm.systems import load_system
 
 
-def bounded(xyz: np.ndarray, system: MolecularSystem, max_kjmol: float) -> np.ndarray:
+def bounded(xyz: np.ndarray, bounds: AngleBounds) -> np.ndarray:
     with torch.no_grad():
-        bounds = AngleBounds(*hydrogen_angles(system, max_kjmol))
         return bounds(torch.as_tensor(xyz, dtype=torch.float64)).float().numpy()
 
 
@@ -55,6 +54,8 @@ def main() -> None:
     system = load_system(args.system)
     top = md.load(str(args.out / "data" / "test_0.pdb")).topology
     kt = KB * args.temperature
+    omm_system = system.openmm_system()  # one System for every bound's angle table
+    bounds = {m: AngleBounds(*hydrogen_angles(system, m * kt, omm_system)) for m in args.max_kt}
     reference = load_runs(args.out / "data", top, args.runs, args.frames)
     e_ref = potential_energies(reference, system)
     print(command_line())
@@ -67,7 +68,7 @@ def main() -> None:
     for label, xyz in rows.items():
         cells = []
         for max_kt in [None, *args.max_kt]:
-            energies = potential_energies(xyz if max_kt is None else bounded(xyz, system, max_kt * kt), system)
+            energies = potential_energies(xyz if max_kt is None else bounded(xyz, bounds[max_kt]), system)
             cells.append(f"{wasserstein_distance(e_ref, energies):.2f} ({np.mean(energies - e_ref > 100) * 100:.2f} %)")
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
