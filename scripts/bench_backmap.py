@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.backmap import Backmapper, RolloutSettings
 from tcbm.benchmark import command_line
-from tcbm.constraints import resolve_angle_bounds
+from tcbm.constraints import resolve_network
 from tcbm.latent import LatentSampler
 from tcbm.model import BackmapCVAE
 from tcbm.systems import load_system
@@ -42,10 +42,8 @@ def build_model(name: str) -> BackmapModel:
     with initialize_config_module("tcbm.conf", version_base="1.3"):
         cfg = compose("train", overrides=[f"model={name}"])
     system = load_system("adp")
-    network_config = OmegaConf.to_container(cfg.model.network)
-    if network_config["constrain_hbonds"] == "auto":  # as trained on `tcbm simulate` data (bonds to H constrained)
-        network_config["constrain_hbonds"] = True
-    network_config = resolve_angle_bounds(network_config, cfg.model.temperature_K)
+    # no training data: bonds to hydrogen as `tcbm simulate` makes them (constrained)
+    network_config = resolve_network(OmegaConf.to_container(cfg.model.network), system, cfg.model.temperature_K)
     torch.manual_seed(0)
     network = BackmapCVAE.for_system(system, VoxelGrid(**cfg.model.grid), **network_config)
     rng = np.random.default_rng(0)

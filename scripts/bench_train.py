@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from tcbm.benchmark import command_line
-from tcbm.constraints import resolve_angle_bounds, resolve_hbond_constraints
+from tcbm.constraints import resolve_network
 from tcbm.data import BackmapDataModule
 from tcbm.lightning import CVAEModule
 from tcbm.simulate import simulate
@@ -56,7 +56,7 @@ class StepTimer(pl.Callback):
 
 def measure(cfg, system, data: BackmapDataModule, channels_last: bool, args) -> float:
     network = {**OmegaConf.to_container(cfg.model.network, resolve=True), "channels_last": channels_last}
-    network = resolve_angle_bounds(resolve_hbond_constraints(network, system, data.data.xyz), cfg.model.temperature_K)
+    network = resolve_network(network, system, cfg.model.temperature_K, data.data.xyz)
     energy = {**OmegaConf.to_container(cfg.model.loss.energy), "warmup_steps": 0, "tau_steps": 1.0}
     energy["final"] = energy["final"] if args.energy else 0.0
     unroll = {**OmegaConf.to_container(cfg.model.unroll), "start_step": 0, "ramp_steps": 0}

@@ -134,15 +134,23 @@ class AngleBounds(nn.Module):
         return x
 
 
-def resolve_hbond_constraints(network: dict, system: MolecularSystem, xyz: np.ndarray,
+def resolve_network(network: dict, system: MolecularSystem, temperature_K: float, xyz: np.ndarray | None = None,
+                    frames: np.ndarray | None = None) -> dict:
+    """The network config (``model.network``) as keyword arguments of :class:`~tcbm.model.BackmapCVAE`:
+    ``constrain_hbonds`` resolved on the training frames (:func:`resolve_hbond_constraints`) and
+    ``hydrogen_angle_max_kT`` turned into kJ/mol at the data's ``temperature_K`` (:func:`resolve_angle_bounds`)."""
+    return resolve_angle_bounds(resolve_hbond_constraints(network, system, xyz, frames), temperature_K)
+
+
+def resolve_hbond_constraints(network: dict, system: MolecularSystem, xyz: np.ndarray | None,
                               frames: np.ndarray | None = None) -> dict:
     """``network`` (keyword arguments of :class:`~tcbm.model.BackmapCVAE`) with ``constrain_hbonds: 'auto'``
     replaced by whether the training frames (``xyz`` (T, N, 3) nm, or its indices ``frames``) hold the
-    system's bonds to hydrogen at their lengths (:func:`hbonds_constrained_in`); ``true`` / ``false`` pass
-    unchanged."""
+    system's bonds to hydrogen at their lengths (:func:`hbonds_constrained_in`); without frames (None) by
+    true, as ``tcbm simulate`` makes them; ``true`` / ``false`` pass unchanged."""
     setting = network.get("constrain_hbonds", False)
     if setting == "auto":
-        setting = hbonds_constrained_in(xyz, *hydrogen_bonds(system), frames)
+        setting = True if xyz is None else hbonds_constrained_in(xyz, *hydrogen_bonds(system), frames)
     elif not isinstance(setting, bool):
         raise ValueError(f"model.network.constrain_hbonds must be true, false or auto, got {setting!r}")
     return {**network, "constrain_hbonds": setting}

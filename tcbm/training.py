@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
 from tcbm.artifact import BackmapModel, SeedLibrary
-from tcbm.constraints import resolve_angle_bounds, resolve_hbond_constraints
+from tcbm.constraints import resolve_network
 from tcbm.data import BackmapDataModule, TripleDataset
 from tcbm.fingerprint import digest, file_digest
 from tcbm.io import expand_paths
@@ -103,8 +103,9 @@ def _selected_checkpoint(cfg: DictConfig, best: ModelCheckpoint, last: Path) -> 
 
 #: what ``tcbm train`` writes beyond the config's say: raised when the same config and data start making a
 #: different artefact, so reruns retrain older ones (2: the rotor-hop Markov chains; 3: rollout validation,
-#: and so model selection, turns the rotors with them as ``tcbm backmap`` does)
-RECIPE = 3
+#: and so model selection, turns the rotors with them as ``tcbm backmap`` does; 4: ... and keeps its
+#: stereocentres' handedness)
+RECIPE = 4
 
 
 def training_fingerprint(cfg: DictConfig) -> dict:
@@ -146,8 +147,7 @@ def train(cfg: DictConfig, progress_position: int = 0) -> Path | None:
                              n_blocks=cfg.data.n_blocks, batch_size=cfg.data.batch_size,
                              num_workers=cfg.data.num_workers, max_radius=grid.max_radius,
                              balance=OmegaConf.to_container(cfg.data.balance))
-    network = resolve_hbond_constraints(network, system, data.data.xyz, data.train_idx)
-    network = resolve_angle_bounds(network, cfg.model.temperature_K)
+    network = resolve_network(network, system, cfg.model.temperature_K, data.data.xyz, data.train_idx)
     if cfg.ckpt_path:
         check_checkpoint(cfg.ckpt_path, system, grid, network)
     loss = cfg.model.loss

@@ -16,7 +16,9 @@ from tcbm.constraints import (
     hydrogen_bonds,
     resolve_angle_bounds,
     resolve_hbond_constraints,
+    resolve_network,
 )
+from tcbm.energy import KB
 from tcbm.model import BackmapCVAE
 from tcbm.voxels import VoxelGrid
 
@@ -68,6 +70,10 @@ def test_detection_in_data(adp_traj, adp):
     assert resolve_hbond_constraints({**network, "constrain_hbonds": False}, adp, simulated)["constrain_hbonds"] is False
     with pytest.raises(ValueError, match="true, false or auto"):
         resolve_hbond_constraints({**network, "constrain_hbonds": "yes"}, adp, simulated)
+    # the whole network config at once: without frames 'auto' means as `tcbm simulate` makes them
+    resolved = resolve_network({**network, "hydrogen_angle_max_kT": 2.0}, adp, 300.0, noisy)
+    assert resolved["constrain_hbonds"] is False and resolved["hydrogen_angle_max_kJmol"] == pytest.approx(2 * KB * 300)
+    assert resolve_network(network, adp, 300.0)["constrain_hbonds"] is True
 
 
 def test_model_read_out_obeys_constraints_and_cg(adp):
