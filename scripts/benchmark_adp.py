@@ -29,7 +29,7 @@ from tcbm.analysis.baselines import time_shuffled
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
 from tcbm.backmap import RolloutSettings
 from tcbm.benchmark import add_model_row_arguments, results_page, target_row
-from tcbm.pipeline import backmap_with_baseline, parse_variant, simulate_runs, train_models
+from tcbm.pipeline import backmap_with_baseline, parse_rollout_variant, parse_variant, simulate_runs, train_models
 from tcbm.refine import RefinementSettings
 from tcbm.systems import load_system
 
@@ -155,7 +155,8 @@ def main() -> None:
                                       variants=dict(map(parse_variant, args.variant)))
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_paths, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0, refinement=RefinementSettings(
-                                                                     steps=args.refine_steps)), device, refine="tcbm")
+                                                                     steps=args.refine_steps)), device, refine="tcbm",
+        rollout_variants=[parse_rollout_variant(spec) for spec in args.rollout_variant])
     timings.update(backmap_timings)
     datasets[SHUFFLED] = [time_shuffled(run, seed=k) for k, run in enumerate(reference)]
 

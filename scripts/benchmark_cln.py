@@ -25,7 +25,7 @@ from hydra import initialize_config_module
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
 from tcbm.backmap import RolloutSettings
 from tcbm.benchmark import add_model_row_arguments, results_page, target_row
-from tcbm.pipeline import backmap_with_baseline, parse_variant, simulate_runs, train_models
+from tcbm.pipeline import backmap_with_baseline, parse_rollout_variant, parse_variant, simulate_runs, train_models
 from tcbm.refine import RefinementSettings
 from tcbm.systems import load_system
 
@@ -97,7 +97,8 @@ def main() -> None:
     refinement = RefinementSettings(steps=args.refine_steps, temperature_K=TEMPERATURE_K)
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_runs, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0, refinement=refinement), device,
-                                                                 refine="tcbm")
+                                                                 refine="tcbm",
+        rollout_variants=[parse_rollout_variant(spec) for spec in args.rollout_variant])
     timings.update(backmap_timings)
 
     evaluation = Evaluation(EvaluationSettings(temperature_K=TEMPERATURE_K, n_clusters=args.clusters)).fit(

@@ -30,6 +30,7 @@ from tcbm.latent import LatentSampler
 from tcbm.refine import RefinementSettings, Refiner
 from tcbm.resume import RolloutProgress
 from tcbm.rollout import check_autocast, roll
+from tcbm.stereo import StereoKeeper
 from tcbm.writers import TrajectoryWriter, check_format
 
 
@@ -63,9 +64,11 @@ class RolloutSettings:
     frames, 0 decodes the mean), ``seed``,
     ``batch_size`` (rollouts advanced together), ``chunk_frames`` (frames per disk write), autocast dtype,
     ``cuda_graph`` (replay each step as a captured CUDA graph on GPUs; ignored on CPU), the optional
-    physics ``refinement`` of every frame (off unless ``refinement.steps`` > 0) and ``rotor_hops`` (draw the
+    physics ``refinement`` of every frame (off unless ``refinement.steps`` > 0), ``rotor_hops`` (draw the
     CH3/NH3 rotamers from the model's rotor Markov chains, :mod:`tcbm.rotor_hops`, where it has them;
-    false keeps the labels the network outputs)."""
+    false keeps the labels the network outputs) and ``keep_stereo`` (turn back every stereocentre the network
+    mirrored with respect to the previous frame, :class:`~tcbm.stereo.StereoKeeper`, so each keeps the seed
+    frame's handedness; false keeps the frames as decoded)."""
 
     samples: int = 1
     latent: str = "gmm"
@@ -78,6 +81,7 @@ class RolloutSettings:
     progress: bool = True
     refinement: RefinementSettings = field(default_factory=RefinementSettings)
     rotor_hops: bool = True
+    keep_stereo: bool = True
 
     def __post_init__(self) -> None:
         if self.latent not in ("gmm", "prior"):
@@ -93,7 +97,8 @@ class RolloutSettings:
         """The settings that shape the frames (not batch size, device, graphs or progress bars)."""
         return {"samples": self.samples, "latent": self.latent, "latent_temperature": self.latent_temperature,
                 "seed": self.seed, "chunk_frames": self.chunk_frames,
-                "autocast": self.autocast, "refinement": asdict(self.refinement), "rotor_hops": self.rotor_hops}
+                "autocast": self.autocast, "refinement": asdict(self.refinement), "rotor_hops": self.rotor_hops,
+                "keep_stereo": self.keep_stereo}
 
 
 @dataclass
@@ -127,6 +132,8 @@ class Backmapper:
         self.refiner = Refiner(model.system, self.settings.refinement).to(self.device) \
             if self.settings.refinement.steps else None
         self.rotor_hops = model.rotor_hops if self.settings.rotor_hops else None
+        stereo = StereoKeeper(model.system.topology, model.system.mapping.weights.any(0))
+        self.stereo = stereo.to(self.device) if self.settings.keep_stereo and len(stereo.rows) else None
         self.library_cg = torch.as_tensor(model.library.cg, device=self.device)
         self.library_prev = torch.as_tensor(model.library.aa_prev, device=self.device)
         self.graphs = {} if self.settings.cuda_graph else None  # captured rollout steps, by batch shape
@@ -155,18 +162,27 @@ class Backmapper:
         return RandomStreams(generators(""), generators("/refine") if self.refiner is not None else [],
                              generators("/rotor") if self.rotor_hops is not None else [])
 
-    def _postprocess(self, streams: RandomStreams):
-        """What :func:`roll` does to every decoded frame: the physics refinement, then the rotor hops, each
-        drawing its randomness from its own ``streams`` (None when both are off)."""
-        if self.refiner is None and self.rotor_hops is None:
+    def _postprocess(self, streams: RandomStreams, corrected: torch.Tensor | None):
+        """What :func:`roll` does to every decoded frame: mirrored stereocentres turned back (counted per row
+        into ``corrected`` (B,), if given), the physics refinement, then the rotor hops, each drawing its
+        randomness from its own ``streams`` (None when all are off)."""
+        if self.stereo is None and self.refiner is None and self.rotor_hops is None:
             return None
         shape = (self.settings.refinement.steps, self.model.system.n_atoms, 3)
         n_groups = 0 if self.rotor_hops is None else len(self.rotor_hops.groups)
 
         def postprocess(frame: torch.Tensor, cg: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+            if self.stereo is not None:
+                frame, flipped = self.stereo(frame, previous[:, 0])
+                if corrected is not None:
+                    corrected.add_(flipped.sum(1).cpu())
             if self.refiner is not None:
                 noise = torch.stack([torch.randn(shape, generator=g) for g in streams.refine]).to(self.device)
                 frame = self.refiner(frame, cg, noise)
+                if self.stereo is not None:  # a strained centre the relaxation pushed through its plane
+                    frame, flipped = self.stereo(frame, previous[:, 0])
+                    if corrected is not None:
+                        corrected.add_(flipped.sum(1).cpu())
             if self.rotor_hops is not None:
                 uniforms = torch.stack([torch.rand(n_groups, generator=g) for g in streams.rotor]).to(self.device)
                 frame = self.rotor_hops.step(frame, previous[:, 0], uniforms)
@@ -176,12 +192,13 @@ class Backmapper:
 
     @torch.inference_mode()
     def rollout(self, cg: torch.Tensor, keys: Sequence[tuple[object, int]], structure: np.ndarray | None = None,
-                streams: RandomStreams | None = None, previous: torch.Tensor | None = None
-                ) -> Iterator[torch.Tensor]:
+                streams: RandomStreams | None = None, previous: torch.Tensor | None = None,
+                corrected: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Roll out CG trajectories ``cg`` (B, T, n, 3) nm; yields chunks (B, t, N, 3) of all-atom frames.
         ``keys`` names each row (input name or index, sample index) for its random ``streams``; a rollout
         resumed mid-trajectory passes the streams' saved state and its ``previous`` frames (B, k, N, 3),
-        newest first, instead of seeding frame 0."""
+        newest first, instead of seeding frame 0.  ``corrected`` (B,) int64 on the CPU, if given, counts each
+        row's stereocentres turned back (:attr:`RolloutSettings.keep_stereo`)."""
         cg = cg.to(self.device, torch.float32)
         streams = streams or self.streams(keys)
         chunk = self.settings.chunk_frames
@@ -194,7 +211,7 @@ class Backmapper:
         if previous is None:
             previous = self.seed_frames(cg[:, 0], structure)
         yield from roll(self.network, cg, previous.to(self.device, torch.float32), latents, chunk,
-                        self.settings.autocast, self._postprocess(streams), self.graphs)
+                        self.settings.autocast, self._postprocess(streams, corrected), self.graphs)
 
     def backmap(self, cg_trajectories: Sequence[np.ndarray], structure: np.ndarray | None = None) -> list[np.ndarray]:
         """In-memory API: all-atom trajectories (T, N, 3) for each CG trajectory (T, n, 3) and sample,
@@ -369,15 +386,17 @@ def _run_group(backmapper: Backmapper, cg_inputs: list[CGInput], stems: list[str
     state = progress.load(min_frames=k)  # a resumed rollout needs k previous frames
     done, previous = 0, None
     sq_error, overflow, elapsed = np.zeros(len(rows)), [GridOverflow() for _ in rows], 0.0
+    corrected = torch.zeros(len(rows), dtype=torch.int64)  # stereocentres turned back, per row
     if state is not None:
         done, previous, sq_error, elapsed = state["frames"], progress.previous(k), state["sq_error"], state["elapsed_s"]
+        corrected = torch.as_tensor(state["stereo_corrections"])
         overflow = [GridOverflow(**o) for o in state["overflow"]]
         streams.restore(state["streams"])
     limit = backmapper.model.grid.max_radius
     started = time.perf_counter() - elapsed
     with tqdm(total=cg.shape[1] * len(rows), initial=done * len(rows), unit="frame", unit_scale=True,
               desc=f"backmap {len(cg_inputs)} inputs x {settings.samples}", disable=not settings.progress) as bar:
-        for chunk in backmapper.rollout(cg[:, done:], keys, structure, streams, previous):
+        for chunk in backmapper.rollout(cg[:, done:], keys, structure, streams, previous, corrected):
             chunk_np = chunk.cpu().numpy()
             t = chunk_np.shape[1]
             cg_np = cg[:, done:done + t].numpy()
@@ -390,7 +409,8 @@ def _run_group(backmapper: Backmapper, cg_inputs: list[CGInput], stems: list[str
                 overflow[r].update(np.abs(centred).max(axis=-1) - limit, done)
             done += t
             progress.save({"frames": done, "streams": streams.state(), "sq_error": sq_error,
-                           "overflow": [asdict(o) for o in overflow], "elapsed_s": time.perf_counter() - started})
+                           "overflow": [asdict(o) for o in overflow], "stereo_corrections": corrected.clone(),
+                           "elapsed_s": time.perf_counter() - started})
             bar.update(t * len(rows))
     elapsed = time.perf_counter() - started
     for r, (g, s) in enumerate(rows):
@@ -400,6 +420,7 @@ def _run_group(backmapper: Backmapper, cg_inputs: list[CGInput], stems: list[str
                    "cg_rmsd_nm": float(np.sqrt(sq_error[r] / lengths[r])),
                    "group_frames_per_s": float(sum(lengths) / elapsed), "seed": settings.seed,
                    "refinement_steps": settings.refinement.steps, "grid_overflow": asdict(overflow[r]),
+                   "stereo_corrections": int(corrected[r]),
                    "fingerprint": fingerprints[g][s]}
         with atomic_path(outputs[r].with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
@@ -430,7 +451,7 @@ def backmap_files(cfg) -> list[Path]:
     settings = RolloutSettings(samples=cfg.samples, latent=cfg.latent, latent_temperature=cfg.latent_temperature,
                                seed=cfg.seed, batch_size=cfg.batch_size,
                                chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, cuda_graph=cfg.cuda_graph,
-                               progress=cfg.progress, rotor_hops=cfg.rotor_hops,
+                               progress=cfg.progress, rotor_hops=cfg.rotor_hops, keep_stereo=cfg.keep_stereo,
                                refinement=RefinementSettings(**OmegaConf.to_container(cfg.refine, resolve=True)))
     inputs = distributed_share(expand_paths(list(cfg.cg) if not isinstance(cfg.cg, str) else cfg.cg))
     model = BackmapModel.load(cfg.model)

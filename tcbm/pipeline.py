@@ -84,13 +84,17 @@ def refined_label(label: str, refinement: RefinementSettings) -> str:
 
 
 def backmap_with_baseline(model_paths: dict[str, Path], test_xtcs: Sequence[Path], topology: Path, out: Path,
-                          settings: RolloutSettings, device: str, refine: str | None = None
+                          settings: RolloutSettings, device: str, refine: str | None = None,
+                          rollout_variants: Sequence[tuple[str, str, dict]] = ()
                           ) -> tuple[list[md.Trajectory], dict[str, list[md.Trajectory]], dict[str, float]]:
     """Backmap the all-atom held-out runs ``test_xtcs`` (mapped to CG first) with every model into
     ``out/backmapped_<model folder>``, and with the nearest-neighbour baseline built from the first
     model's library.  With ``settings.refinement.steps`` > 0 the model labelled ``refine`` is backmapped
     once more with the physics refinement (``out/backmapped_<model folder>_refined<steps>``), as a data set
-    of its own (:func:`refined_label`); the others are never refined.  Returns the reference runs, the data
+    of its own (:func:`refined_label`); the others are never refined.  Each ``rollout_variants`` entry (label,
+    model label, :class:`RolloutSettings` fields to change; :func:`parse_rollout_variant`) backmaps that model
+    once more with those settings into ``out/backmapped_<model folder>_<variant folder>`` (same weights: an A/B
+    of a rollout option).  Returns the reference runs, the data
     sets by label (one trajectory per run), and frames/s and CG-consistency RMSD (nm, mean over runs) per
     label, as measured when each was backmapped."""
     reference = [md.load(str(path), top=str(topology)) for path in test_xtcs]
@@ -99,6 +103,12 @@ def backmap_with_baseline(model_paths: dict[str, Path], test_xtcs: Sequence[Path
     if settings.refinement.steps and refine in model_paths:
         runs.append((refined_label(refine, settings.refinement), model_paths[refine], settings,
                      f"backmapped_{model_paths[refine].parent.name}_refined{settings.refinement.steps}"))
+    for label, model, changes in rollout_variants:
+        if model not in model_paths or label in model_paths:
+            raise ValueError(f"rollout variant {label!r}: needs one of the models {sorted(model_paths)} and a label "
+                             f"of its own, got model {model!r}")
+        runs.append((label, model_paths[model], replace(plain, **changes),
+                     f"backmapped_{model_paths[model].parent.name}_{variant_folder(label)}"))
     models = {path: BackmapModel.load(path) for path in model_paths.values()}  # each file read once
     datasets, timings = {}, {}
     for label, path, run_settings, folder in runs:
@@ -135,6 +145,23 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
     if not label.strip():
         raise ValueError(f"variant {spec!r} has no label: write 'label=override override ...'")
     return label.strip(), overrides.split()
+
+
+def parse_rollout_variant(spec: str) -> tuple[str, str, dict]:
+    """``"label=model label:setting=value ..."`` into the label, the model's label and the
+    :class:`RolloutSettings` fields to change (values read as YAML: ``false``, ``0.5``, ...)."""
+    label, _, rest = spec.partition("=")
+    model, _, assignments = rest.partition(":")
+    changes = {}
+    for assignment in assignments.split():
+        name, _, value = assignment.partition("=")
+        if name not in RolloutSettings.__dataclass_fields__ or not value:
+            raise ValueError(f"rollout variant {spec!r}: {assignment!r} is not 'setting=value' with a setting of "
+                             f"{sorted(RolloutSettings.__dataclass_fields__)}")
+        changes[name] = OmegaConf.create(f"value: {value}").value
+    if not label.strip() or not model.strip() or not changes:
+        raise ValueError(f"rollout variant {spec!r}: write 'label=model label:setting=value ...'")
+    return label.strip(), model.strip(), changes
 
 
 def variant_folder(label: str) -> str:

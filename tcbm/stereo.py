@@ -9,9 +9,12 @@ different molecule.
 
 from __future__ import annotations
 
+import itertools
+
 import mdtraj as md
 import numpy as np
 import torch
+from torch import nn
 
 from tcbm.systems import bonded_neighbours
 
@@ -37,3 +40,76 @@ def signed_volumes(xyz: np.ndarray | torch.Tensor, centres: np.ndarray | torch.T
     if isinstance(xyz, torch.Tensor):
         return ((a - o) * torch.linalg.cross(b - o, c - o)).sum(-1)
     return ((a - o) * np.cross(b - o, c - o)).sum(-1)
+
+
+class StereoKeeper(nn.Module):
+    """Keeps every stereocentre's handedness from one frame to the next: where a frame's centre is mirrored
+    with respect to the previous frame's, two of its substituents change sides.
+
+    For each centre the two neighbours that move are those whose branches — the atoms reached from them
+    without passing the centre or its two other neighbours — are the smallest and hold no fixed atom (``fixed``:
+    e.g. the CG-mapped atoms, which the CG pins).  Both branches are reflected through the plane of the centre
+    and its two other neighbours: every bond length and angle inside them, and every distance to the plane's
+    atoms, is kept; the handedness flips.  For a Cα that is the side chain and Hα through the N–Cα–C plane; for
+    proline the ring's CB, CG, CD (its bond to N lies in the plane) with Hα; for Thr Cβ the hydroxyl and Hβ.
+    Centres are handled outermost last, so a side chain reflected with its Cα is checked again at its own
+    centres.  A centre without such a pair (every branch pinned) is left as it is: :attr:`kept_as_decoded`."""
+
+    def __init__(self, topology: md.Topology, fixed: np.ndarray) -> None:
+        super().__init__()
+        neighbours = bonded_neighbours(topology)
+        plans, self.kept_as_decoded = [], []
+        for row in stereocentres(topology):
+            centre = int(row[0])
+            bonded = [a.index for a in neighbours[centre]]
+            best = None
+            for pair in itertools.combinations(bonded, 2):
+                plane = [n for n in bonded if n not in pair]
+                moved = _reached(neighbours, pair, blocked={centre, *plane})
+                if not fixed[moved].any() and (best is None or len(moved) < len(best[2])):
+                    best = (row, plane, moved)
+            if best is None:
+                self.kept_as_decoded.append(centre)
+            else:
+                plans.append(best)
+        plans.sort(key=lambda plan: -len(plan[2]))  # a centre whose branch holds another comes before it
+        self.register_buffer("rows", torch.as_tensor(np.array([p[0] for p in plans], dtype=np.int64).reshape(-1, 4)),
+                             persistent=False)
+        self.register_buffer("planes", torch.as_tensor(np.array([p[1] for p in plans], dtype=np.int64).reshape(-1, 2)),
+                             persistent=False)
+        for k, plan in enumerate(plans):
+            self.register_buffer(f"moved_{k}", torch.as_tensor(plan[2], dtype=torch.long), persistent=False)
+
+    def forward(self, frame: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``frame`` (B, N, 3) nm with each centre mirrored with respect to ``previous`` (B, N, 3) turned back,
+        and which centres were (B, C) bool, in the order of :attr:`rows`."""
+        corrected = []
+        for k in range(len(self.rows)):
+            row = self.rows[k:k + 1]
+            wanted = torch.sign(signed_volumes(previous, row)[:, 0])
+            flip = (torch.sign(signed_volumes(frame, row)[:, 0]) != wanted) & (wanted != 0)
+            corrected.append(flip)
+            if not flip.any():
+                continue
+            centre = frame[:, row[0, 0]]
+            normal = torch.linalg.cross(frame[:, self.planes[k, 0]] - centre, frame[:, self.planes[k, 1]] - centre)
+            normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            moved = getattr(self, f"moved_{k}")
+            branch = frame[:, moved]
+            height = ((branch - centre[:, None]) * normal[:, None]).sum(-1, keepdim=True)
+            mirrored = branch - 2 * height * normal[:, None]
+            frame = frame.index_copy(1, moved, torch.where(flip[:, None, None], mirrored, branch))
+        if not corrected:
+            return frame, torch.zeros(len(frame), 0, dtype=torch.bool, device=frame.device)
+        return frame, torch.stack(corrected, dim=1)
+
+
+def _reached(neighbours: dict, starts: tuple[int, ...], blocked: set[int]) -> np.ndarray:
+    """Atom indices reached from ``starts`` along bonds without entering ``blocked`` (sorted)."""
+    seen, stack = set(starts), list(starts)
+    while stack:
+        for atom in neighbours[stack.pop()]:
+            if atom.index not in seen and atom.index not in blocked:
+                seen.add(atom.index)
+                stack.append(atom.index)
+    return np.array(sorted(seen), dtype=np.int64)

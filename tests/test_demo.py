@@ -2,11 +2,14 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import mdtraj as md
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from tcbm import pipeline
+from tcbm.backmap import RolloutSettings
 from tcbm.demo import run_demo
 
 MINIATURE = [
@@ -95,3 +98,24 @@ def test_variants_train_one_more_tcbm_each_with_their_overrides(tmp_path, monkey
     assert all(cfg.trainer.max_steps == 3 for cfg in trained) and timings["train_steps[tcbm balanced]"] == 3
     with pytest.raises(ValueError, match="no label"):
         pipeline.parse_variant("=data.balance.power=0.5")
+
+
+def test_rollout_variants_backmap_a_model_again_with_other_settings(tmp_path, tiny_model, adp_traj):
+    label, model, changes = pipeline.parse_rollout_variant("tcbm, mean latent=tcbm:latent_temperature=0 rotor_hops=false")
+    assert (label, model, changes) == ("tcbm, mean latent", "tcbm", {"latent_temperature": 0, "rotor_hops": False})
+    for bad in ("x=tcbm:", "x=tcbm:seeds=1", "=tcbm:seed=1", "x=tcbm:seed"):
+        with pytest.raises(ValueError, match="rollout variant"):
+            pipeline.parse_rollout_variant(bad)
+    path = tiny_model.save(tmp_path / "history1" / "model.pt")
+    test = tmp_path / "test.xtc"
+    md.load(str(adp_traj[0]), top=str(adp_traj[1]))[:12].save_xtc(str(test))
+    settings = RolloutSettings(progress=False)
+    with pytest.raises(ValueError, match="needs one of the models"):
+        pipeline.backmap_with_baseline({"tcbm": path}, [test], adp_traj[1], tmp_path, settings, "cpu",
+                                       rollout_variants=[("x", "frame-based cVAE", {"seed": 1})])
+    _, datasets, _ = pipeline.backmap_with_baseline({"tcbm": path}, [test], adp_traj[1], tmp_path, settings, "cpu",
+                                                    rollout_variants=[(label, model, changes)])
+    assert list(datasets) == ["tcbm", "tcbm, mean latent", "nearest-neighbour"]
+    summary = json.loads((tmp_path / "backmapped_history1_variant_tcbm__mean_latent" / "test.json").read_text())
+    assert summary["fingerprint"]["settings"]["latent_temperature"] == 0
+    assert not np.allclose(datasets["tcbm"][0].xyz, datasets["tcbm, mean latent"][0].xyz)

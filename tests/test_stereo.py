@@ -1,13 +1,20 @@
 """Stereocentres: which atoms, their handedness, the chirality loss and the evaluation's stereo measure."""
 
+import json
+
 import mdtraj as md
 import numpy as np
 import pytest
 import torch
 
-from tcbm import losses
+from tcbm import losses, rollout
 from tcbm.analysis.observables import l_chiral_fraction, stereo_fraction
-from tcbm.stereo import signed_volumes, stereocentres
+from tcbm.artifact import BackmapModel, SeedLibrary
+from tcbm.backmap import RolloutSettings, backmap_paths
+from tcbm.latent import LatentSampler
+from tcbm.model import BackmapCVAE
+from tcbm.stereo import StereoKeeper, signed_volumes, stereocentres
+from tcbm.voxels import VoxelGrid
 
 
 def _names(system, centres):
@@ -97,3 +104,72 @@ def test_peptide_omegas_and_a_cis_peptide_bond(adp, adp_traj):
     x[:, moving] = x[:, n][:, None] + 2 * along - rel  # rotation by pi about the axis through N
     flipped = md.Trajectory(x, traj.topology)
     assert (cis_peptides_per_frame(flipped) == 1).all()
+
+
+def _reflect_side_chain(xyz: np.ndarray, topology: md.Topology, residue: int) -> np.ndarray:
+    """``xyz`` with residue ``residue``'s side chain and Hα reflected through its N–Cα–C plane (a D-residue)."""
+    atoms = {a.name: a.index for a in topology.residue(residue).atoms}
+    ca, n, c = xyz[atoms["CA"]], xyz[atoms["N"]], xyz[atoms["C"]]
+    normal = np.cross(n - ca, c - ca)
+    normal /= np.linalg.norm(normal)
+    moved = [i for name, i in atoms.items() if name not in ("N", "H", "CA", "C", "O")]
+    out = xyz.copy()
+    out[moved] -= 2 * ((xyz[moved] - ca) @ normal)[:, None] * normal
+    return out
+
+
+def test_keeper_turns_a_mirrored_residue_back_exactly_and_its_nested_centre_with_it(cln):
+    keeper = StereoKeeper(cln.topology, cln.mapping.weights.any(0)).double()
+    assert keeper.kept_as_decoded == [] and len(keeper.rows) == 9  # even proline's ring can be reflected
+    xyz = torch.as_tensor(cln.reference_xyz, dtype=torch.float64)
+    thr6 = next(r.index for r in cln.topology.residues if r.name == "THR" and r.resSeq == 6)
+    mirrored = torch.as_tensor(_reflect_side_chain(cln.reference_xyz, cln.topology, thr6))
+    centres = torch.as_tensor(stereocentres(cln.topology))
+    assert (torch.sign(signed_volumes(mirrored, centres)) != torch.sign(signed_volumes(xyz, centres))).sum() == 2
+    restored, corrected = keeper(mirrored[None], xyz[None])
+    torch.testing.assert_close(restored[0], xyz, atol=1e-12, rtol=0)  # Thr Cα and Cβ both back, nothing else moved
+    assert corrected.sum() == 1  # the Cα's reflection carried its Cβ back with it
+    unchanged, none = keeper(xyz[None], xyz[None])
+    assert torch.equal(unchanged[0], xyz) and not none.any()
+
+
+def test_keeper_restores_every_centre_of_a_mirror_image_and_keeps_bond_lengths(cln):
+    keeper = StereoKeeper(cln.topology, cln.mapping.weights.any(0)).double()
+    xyz = torch.as_tensor(cln.reference_xyz, dtype=torch.float64)[None]
+    mirror = xyz * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    frames = torch.cat([mirror, xyz])  # a batch: the mirror image is corrected, the original left alone
+    restored, corrected = keeper(frames, torch.cat([xyz, xyz]))
+    centres = torch.as_tensor(stereocentres(cln.topology))
+    assert torch.equal(torch.sign(signed_volumes(restored, centres)), torch.sign(signed_volumes(xyz, centres)).expand(2, -1))
+    assert corrected[0].sum() == 7 and not corrected[1].any()  # 7 Cα; the Thr Cβ come back with their Cα
+    bonds = torch.as_tensor([[a.index, b.index] for a, b in cln.topology.bonds])
+    length = (restored[:, bonds[:, 0]] - restored[:, bonds[:, 1]]).norm(dim=-1)
+    torch.testing.assert_close(length, (xyz[:, bonds[:, 0]] - xyz[:, bonds[:, 1]]).norm(dim=-1).expand(2, -1))
+    fixed = cln.mapping.weights.any(0)
+    torch.testing.assert_close(restored[0, fixed], mirror[0, fixed], atol=0, rtol=0)  # CG atoms never move
+
+
+def test_a_centre_whose_branches_are_all_pinned_is_left_as_decoded(adp):
+    pinned = StereoKeeper(adp.topology, adp.mapping.weights.any(0))  # ADP's CG holds Ala N, CA, CB and C
+    assert pinned.kept_as_decoded == [next(a.index for a in adp.topology.atoms if a.name == "CA")]
+    assert len(pinned.rows) == 0
+    free = StereoKeeper(adp.topology, np.zeros(adp.n_atoms, dtype=bool))
+    assert free.kept_as_decoded == [] and len(free.rows) == 1
+
+
+def test_rollouts_keep_the_seed_frames_handedness_and_count_what_they_turned_back(cln, tmp_path, monkeypatch):
+    # a network that outputs the mirror image of its previous frame: every centre mirrored at every step
+    monkeypatch.setattr(rollout, "step", lambda network, cg, previous, z: previous[:, 0] * torch.tensor([-1.0, 1, 1]))
+    config = {"latent_dim": 2, "width": 4, "depth": 1, "history": 1}
+    network = BackmapCVAE.for_system(cln, VoxelGrid(d=8, r_grid=5.0, sigma=0.3), **config)
+    rng = np.random.default_rng(0)
+    frames = (cln.reference_xyz + rng.normal(scale=0.01, size=(7, cln.n_atoms, 3))).astype(np.float32)
+    library = SeedLibrary.from_frames(frames, np.arange(1, 7), cln.mapping, 1, 1)
+    model = BackmapModel(network, config, cln, LatentSampler.fit(rng.normal(size=(50, 2)), n_components=1), library)
+    reference = md.Trajectory(frames, cln.topology)
+    path = tmp_path / "cg.h5"
+    md.Trajectory(cln.mapping(frames[1:]), cln.cg_topology(), time=np.arange(6.0)).save_hdf5(str(path))
+    for keep, fraction, corrections in ((True, 1.0, 6 * 7), (False, 0.5, 0)):  # 7 Calpha; Thr Cbeta come along
+        out = backmap_paths(model, [path], tmp_path / str(keep), RolloutSettings(progress=False, keep_stereo=keep))[0]
+        assert stereo_fraction(md.load(str(out), top=str(out.parent / "topology.pdb")), reference) == fraction
+        assert json.loads(out.with_suffix(".json").read_text())["stereo_corrections"] == corrections
