@@ -108,12 +108,26 @@ def _selected_checkpoint(cfg: DictConfig, best: ModelCheckpoint, last: Path) -> 
 RECIPE = 4
 
 
+#: config keys added after artefacts had been made without them, each with the value that makes what was made
+#: before it (the option off): at that value a key is left out of the fingerprint, so adding an option does not
+#: make reruns retrain every older artefact.  Register every new key whose value can reproduce older artefacts.
+ADDED_KEYS = {"model.loss.chirality_margin": 0.0, "model.loss.energy_max_pull": None,
+              "model.network.hydrogen_angle_max_kT": None}
+
+
 def training_fingerprint(cfg: DictConfig) -> dict:
-    """What a trained model depends on: the resolved config (its output folder aside), the contents of the
-    training trajectories and the :data:`RECIPE`.  Stored in the artefact's metadata; reruns compare it before
-    reusing one."""
+    """What a trained model depends on: the resolved config (its output folder aside, and each of
+    :data:`ADDED_KEYS` at its value from before it existed), the contents of the training trajectories and the
+    :data:`RECIPE`.  Stored in the artefact's metadata; reruns compare it before reusing one."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("out", None)
+    for dotted, before in ADDED_KEYS.items():
+        *parents, key = dotted.split(".")
+        section = config
+        for name in parents:
+            section = section.get(name, {}) if isinstance(section, dict) else {}
+        if isinstance(section, dict) and key in section and section[key] == before:
+            del section[key]
     trajectories = config["data"]["trajectories"]
     return {"config": digest(config), "recipe": RECIPE,
             "trajectories": [file_digest(p) for p in expand_paths(trajectories)]}

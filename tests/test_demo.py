@@ -119,3 +119,15 @@ def test_rollout_variants_backmap_a_model_again_with_other_settings(tmp_path, ti
     summary = json.loads((tmp_path / "backmapped_history1_variant_tcbm__mean_latent" / "test.json").read_text())
     assert summary["fingerprint"]["settings"]["latent_temperature"] == 0
     assert not np.allclose(datasets["tcbm"][0].xyz, datasets["tcbm, mean latent"][0].xyz)
+
+
+def test_an_added_option_at_its_off_value_keeps_older_fingerprints(tmp_path, adp_traj):
+    with initialize_config_module("tcbm.conf", version_base="1.3"):
+        cfg = pipeline.training_config(tmp_path, "adp_quick", 1, adp_traj[0], [])
+    assert cfg.model.loss.chirality_margin == 0.0  # today's default: the option off
+    older = OmegaConf.to_container(cfg)
+    del older["model"]["loss"]["chirality_margin"], older["model"]["loss"]["energy_max_pull"]  # made before them
+    fingerprint = pipeline.training_fingerprint(cfg)
+    assert pipeline.training_fingerprint(OmegaConf.create(older)) == fingerprint
+    cfg.model.loss.chirality_margin = 0.5  # the option on: a different model
+    assert pipeline.differences(fingerprint, pipeline.training_fingerprint(cfg))[0].startswith("config:")
