@@ -65,8 +65,9 @@ class StereoKeeper(nn.Module):
             best = None
             for pair in itertools.combinations(bonded, 2):
                 plane = [n for n in bonded if n not in pair]
-                moved = _reached(neighbours, pair, blocked={centre, *plane})
-                if not fixed[moved].any() and (best is None or len(moved) < len(best[2])):
+                limit = len(best[2]) if best is not None else len(fixed)
+                moved = _branches(neighbours, pair, {centre, *plane}, fixed, limit)
+                if moved is not None:
                     best = (row, plane, moved)
             if best is None:
                 self.kept_as_decoded.append(centre)
@@ -104,12 +105,18 @@ class StereoKeeper(nn.Module):
         return frame, torch.stack(corrected, dim=1)
 
 
-def _reached(neighbours: dict, starts: tuple[int, ...], blocked: set[int]) -> np.ndarray:
-    """Atom indices reached from ``starts`` along bonds without entering ``blocked`` (sorted)."""
+def _branches(neighbours: dict, starts: tuple[int, ...], blocked: set[int], fixed: np.ndarray, limit: int
+              ) -> np.ndarray | None:
+    """Atom indices (sorted) reached from ``starts`` along bonds without entering ``blocked``; None as soon as
+    they hold a ``fixed`` atom or ``limit`` atoms (a long chain's branch is never walked to its end)."""
     seen, stack = set(starts), list(starts)
+    if fixed[list(starts)].any() or len(seen) >= limit:
+        return None
     while stack:
         for atom in neighbours[stack.pop()]:
             if atom.index not in seen and atom.index not in blocked:
+                if fixed[atom.index] or len(seen) + 1 >= limit:
+                    return None
                 seen.add(atom.index)
                 stack.append(atom.index)
     return np.array(sorted(seen), dtype=np.int64)
