@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tcbm.geometry import superpose
 from tcbm.systems import bonded_neighbours
 
 
@@ -44,16 +45,19 @@ def signed_volumes(xyz: np.ndarray | torch.Tensor, centres: np.ndarray | torch.T
 
 class StereoKeeper(nn.Module):
     """Keeps every stereocentre's handedness from one frame to the next: where a frame's centre is mirrored
-    with respect to the previous frame's, two of its substituents change sides.
+    with respect to the previous frame's, two of its substituents are put back as they were.
 
     For each centre the two neighbours that move are those whose branches — the atoms reached from them
     without passing the centre or its two other neighbours — are the smallest and hold no fixed atom (``fixed``:
-    e.g. the CG-mapped atoms, which the CG pins).  Both branches are reflected through the plane of the centre
-    and its two other neighbours: every bond length and angle inside them, and every distance to the plane's
-    atoms, is kept; the handedness flips.  For a Cα that is the side chain and Hα through the N–Cα–C plane; for
-    proline the ring's CB, CG, CD (its bond to N lies in the plane) with Hα; for Thr Cβ the hydroxyl and Hβ.
-    Centres are handled outermost last, so a side chain reflected with its Cα is checked again at its own
-    centres.  A centre without such a pair (every branch pinned) is left as it is: :attr:`kept_as_decoded`."""
+    e.g. the CG-mapped atoms, which the CG pins): for a Cα the side chain and Hα (proline: its ring's CB, CG,
+    CD, whose bond to N stays with the anchor N), for Thr Cβ the hydroxyl and Hβ.  A mirrored centre gets both
+    branches from the previous frame, superposed rigidly on the centre and its two other neighbours (for a Cα:
+    N, Cα, C): a proper rotation, so every bond, angle, dihedral (χ1 against the backbone) and nested centre
+    inside them is the previous frame's, which had the right handedness.  Reflecting the branches through the
+    plane of the anchors also turns the centre back, but mirrors the side chain's dihedrals: on chignolin the
+    side-chain χ kinetics were then twice as far from the reference's (benchmarks/cln/README.md).  Centres are
+    handled outermost last, so a side chain moved with its Cα is checked again at its own centres.  A centre
+    without such a pair (every branch pinned) is left as it is: :attr:`kept_as_decoded`."""
 
     def __init__(self, topology: md.Topology, fixed: np.ndarray) -> None:
         super().__init__()
@@ -82,8 +86,8 @@ class StereoKeeper(nn.Module):
             self.register_buffer(f"moved_{k}", torch.as_tensor(plan[2], dtype=torch.long), persistent=False)
 
     def forward(self, frame: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``frame`` (B, N, 3) nm with each centre mirrored with respect to ``previous`` (B, N, 3) turned back,
-        and which centres were (B, C) bool, in the order of :attr:`rows`."""
+        """``frame`` (B, N, 3) nm with each centre mirrored with respect to ``previous`` (B, N, 3) put back as in
+        ``previous``, and which centres were (B, C) bool, in the order of :attr:`rows`."""
         corrected = []
         for k in range(len(self.rows)):
             row = self.rows[k:k + 1]
@@ -92,14 +96,10 @@ class StereoKeeper(nn.Module):
             corrected.append(flip)
             if not flip.any():
                 continue
-            centre = frame[:, row[0, 0]]
-            normal = torch.linalg.cross(frame[:, self.planes[k, 0]] - centre, frame[:, self.planes[k, 1]] - centre)
-            normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            anchors = torch.cat([row[0, :1], self.planes[k]])
             moved = getattr(self, f"moved_{k}")
-            branch = frame[:, moved]
-            height = ((branch - centre[:, None]) * normal[:, None]).sum(-1, keepdim=True)
-            mirrored = branch - 2 * height * normal[:, None]
-            frame = frame.index_copy(1, moved, torch.where(flip[:, None, None], mirrored, branch))
+            as_before = superpose(previous[:, anchors], frame[:, anchors], carry=previous[:, moved])
+            frame = frame.index_copy(1, moved, torch.where(flip[:, None, None], as_before, frame[:, moved]))
         if not corrected:
             return frame, torch.zeros(len(frame), 0, dtype=torch.bool, device=frame.device)
         return frame, torch.stack(corrected, dim=1)

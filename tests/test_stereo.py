@@ -6,11 +6,13 @@ import mdtraj as md
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from tcbm import losses, rollout
 from tcbm.analysis.observables import l_chiral_fraction, stereo_fraction
 from tcbm.artifact import BackmapModel, SeedLibrary
 from tcbm.backmap import RolloutSettings, backmap_paths
+from tcbm.geometry import rotate_about_axis
 from tcbm.latent import LatentSampler
 from tcbm.model import BackmapCVAE
 from tcbm.stereo import StereoKeeper, signed_volumes, stereocentres
@@ -131,6 +133,26 @@ def test_keeper_turns_a_mirrored_residue_back_exactly_and_its_nested_centre_with
     assert corrected.sum() == 1  # the Cα's reflection carried its Cβ back with it
     unchanged, none = keeper(xyz[None], xyz[None])
     assert torch.equal(unchanged[0], xyz) and not none.any()
+
+
+def test_a_mirrored_side_chain_comes_back_as_in_the_previous_frame_moved_with_its_backbone(cln):
+    # the previous frame turned and shifted (the molecule tumbles between frames); the network then turned
+    # Thr6's side chain by 120 degrees about CA-CB and mirrored it: the keeper puts back the previous frame's side
+    # chain (its chi1 too), carried along with N, CA, C, rather than the mirror image of what the network made
+    keeper = StereoKeeper(cln.topology, cln.mapping.weights.any(0)).double()
+    previous = torch.as_tensor(cln.reference_xyz, dtype=torch.float64)
+    turn = torch.as_tensor(Rotation.from_euler("xyz", [0.3, -0.5, 1.1]).as_matrix())
+    moved = previous @ turn.T + torch.tensor([0.2, -0.1, 0.05], dtype=torch.float64)
+    thr6 = next(r for r in cln.topology.residues if r.name == "THR" and r.resSeq == 6)
+    atoms = {a.name: a.index for a in thr6.atoms}
+    side = torch.as_tensor([i for name, i in atoms.items() if name not in ("N", "H", "CA", "C", "O", "HA", "CB")])
+    decoded = moved.clone()
+    decoded[side] = rotate_about_axis(moved[side], moved[atoms["CB"]], moved[atoms["CB"]] - moved[atoms["CA"]],
+                                      torch.tensor(2 * np.pi / 3, dtype=torch.float64))
+    decoded = torch.as_tensor(_reflect_side_chain(decoded.numpy(), cln.topology, thr6.index))
+    restored, corrected = keeper(decoded[None], previous[None])
+    torch.testing.assert_close(restored[0], moved, atol=1e-9, rtol=0)
+    assert corrected.sum() == 1
 
 
 def test_keeper_restores_every_centre_of_a_mirror_image_and_keeps_bond_lengths(cln):
