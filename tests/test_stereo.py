@@ -108,6 +108,10 @@ def test_peptide_omegas_and_a_cis_peptide_bond(adp, adp_traj):
     assert (cis_peptides_per_frame(flipped) == 1).all()
 
 
+def thr6_index(system) -> int:
+    return next(r.index for r in system.topology.residues if r.name == "THR" and r.resSeq == 6)
+
+
 def _reflect_side_chain(xyz: np.ndarray, topology: md.Topology, residue: int) -> np.ndarray:
     """``xyz`` with residue ``residue``'s side chain and Hα reflected through its N–Cα–C plane (a D-residue)."""
     atoms = {a.name: a.index for a in topology.residue(residue).atoms}
@@ -124,7 +128,7 @@ def test_keeper_turns_a_mirrored_residue_back_exactly_and_its_nested_centre_with
     keeper = StereoKeeper(cln.topology, cln.mapping.weights.any(0)).double()
     assert keeper.kept_as_decoded == [] and len(keeper.rows) == 9  # even proline's ring can be reflected
     xyz = torch.as_tensor(cln.reference_xyz, dtype=torch.float64)
-    thr6 = next(r.index for r in cln.topology.residues if r.name == "THR" and r.resSeq == 6)
+    thr6 = thr6_index(cln)
     mirrored = torch.as_tensor(_reflect_side_chain(cln.reference_xyz, cln.topology, thr6))
     centres = torch.as_tensor(stereocentres(cln.topology))
     assert (torch.sign(signed_volumes(mirrored, centres)) != torch.sign(signed_volumes(xyz, centres))).sum() == 2
@@ -143,7 +147,7 @@ def test_a_mirrored_side_chain_comes_back_as_in_the_previous_frame_moved_with_it
     previous = torch.as_tensor(cln.reference_xyz, dtype=torch.float64)
     turn = torch.as_tensor(Rotation.from_euler("xyz", [0.3, -0.5, 1.1]).as_matrix())
     moved = previous @ turn.T + torch.tensor([0.2, -0.1, 0.05], dtype=torch.float64)
-    thr6 = next(r for r in cln.topology.residues if r.name == "THR" and r.resSeq == 6)
+    thr6 = cln.topology.residue(thr6_index(cln))
     atoms = {a.name: a.index for a in thr6.atoms}
     side = torch.as_tensor([i for name, i in atoms.items() if name not in ("N", "H", "CA", "C", "O", "HA", "CB")])
     decoded = moved.clone()
@@ -153,6 +157,18 @@ def test_a_mirrored_side_chain_comes_back_as_in_the_previous_frame_moved_with_it
     restored, corrected = keeper(decoded[None], previous[None])
     torch.testing.assert_close(restored[0], moved, atol=1e-9, rtol=0)
     assert corrected.sum() == 1
+
+
+@pytest.mark.parametrize("squeeze, put_back", [(0.1, True), (0.4, False)])
+def test_a_flattened_centre_counts_as_lost_below_a_fifth_of_its_previous_volume(cln, squeeze, put_back):
+    keeper = StereoKeeper(cln.topology, cln.mapping.weights.any(0)).double()
+    previous = torch.as_tensor(cln.reference_xyz, dtype=torch.float64)
+    # Thr6's side chain and HA pressed toward the N-CA-C plane: the CA's signed volume shrinks about that much
+    halfway = torch.as_tensor(_reflect_side_chain(cln.reference_xyz, cln.topology, thr6_index(cln)))
+    flattened = previous + (1 - squeeze) / 2 * (halfway - previous)
+    restored, corrected = keeper(flattened[None], previous[None])
+    assert bool(corrected.any()) == put_back
+    torch.testing.assert_close(restored[0], previous if put_back else flattened, atol=1e-9, rtol=0)
 
 
 def test_keeper_restores_every_centre_of_a_mirror_image_and_keeps_bond_lengths(cln):
