@@ -101,6 +101,12 @@ class RolloutSettings:
                 "keep_stereo": self.keep_stereo}
 
 
+#: what a rollout does to the frames beyond its settings' say: raised when the same model, input and settings
+#: start making different frames, so reruns recompute older outputs (1: stereocentres put back as in the
+#: previous frame, :class:`~tcbm.stereo.StereoKeeper`)
+ROLLOUT_RECIPE = 1
+
+
 @dataclass
 class RandomStreams:
     """The per-row random generators of a rollout: latents, refinement noise and rotor hops (empty when off)."""
@@ -303,7 +309,7 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
                   seed_structure: str | None = None, device: str | None = None, stride: int = 1) -> list[Path]:
     """Backmap files to ``out``: one all-atom trajectory per input and sample, plus ``topology.pdb`` and
     a ``<output>.json`` summary (frames, CG-consistency RMSD in nm, frames/s, grid overflow, and the
-    fingerprint of what made it: model and input contents, settings).  A rerun reuses an output only when
+    fingerprint of what made it: model and input contents, settings, :data:`ROLLOUT_RECIPE`).  A rerun reuses an output only when
     its fingerprint matches and recomputes it otherwise, saying what changed; a group of rollouts killed
     mid-trajectory resumes from its last finished chunk."""
     check_format(fmt)
@@ -315,7 +321,7 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
         seed = load_trajectory(seed_structure, None if Path(seed_structure).suffix == ".pdb" else topology)
         model.system.check_atoms(seed.topology, seed_structure)
         structure = seed.xyz[0]
-    common = {"model": model.fingerprint(), "settings": settings.fingerprint(), "stride": stride,
+    common = {"model": model.fingerprint(), "settings": settings.fingerprint(), "recipe": ROLLOUT_RECIPE, "stride": stride,
               "input_is_aa": input_is_aa, "seed_structure": None if structure is None else digest(structure)}
     inputs = list(inputs)
     stems = output_stems(inputs)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tcbm import backmap
 from tcbm.backmap import Backmapper, RolloutSettings, backmap_paths, distributed_share, nearest_library_frames
 from tcbm.geometry import aligned_rmsd, random_rotations
 from tcbm.refine import RefinementSettings
@@ -136,7 +137,7 @@ def test_rollout_killed_mid_trajectory_resumes_to_the_same_file(tmp_path, tiny_m
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # raw files and state gone
 
 
-def test_rerun_reuses_only_outputs_made_the_same_way(tmp_path, tiny_model, cg_inputs, capsys):
+def test_rerun_reuses_only_outputs_made_the_same_way(tmp_path, tiny_model, cg_inputs, capsys, monkeypatch):
     from tcbm.artifact import BackmapModel
 
     path = run(tiny_model, cg_inputs[:1], tmp_path)[0]
@@ -147,6 +148,10 @@ def test_rerun_reuses_only_outputs_made_the_same_way(tmp_path, tiny_model, cg_in
     run(tiny_model, cg_inputs[:1], tmp_path, seed=7)
     assert "recomputing" in capsys.readouterr().out and path.read_bytes() != first
     assert json.loads(path.with_suffix(".json").read_text())["fingerprint"]["settings"]["seed"] == 7
+    monkeypatch.setattr(backmap, "ROLLOUT_RECIPE", backmap.ROLLOUT_RECIPE + 1)  # the code makes other frames now
+    run(tiny_model, cg_inputs[:1], tmp_path, seed=7)
+    assert "recipe: " in capsys.readouterr().out
+    monkeypatch.undo()
     other = BackmapModel.load(tiny_model.save(tmp_path / "m.pt"))
     assert other.fingerprint() == tiny_model.fingerprint()  # a saved-and-loaded copy is the same model
     with torch.no_grad():
