@@ -177,18 +177,19 @@ class Backmapper:
         shape = (self.settings.refinement.steps, self.model.system.n_atoms, 3)
         n_groups = 0 if self.rotor_hops is None else len(self.rotor_hops.groups)
 
+        def keep_stereo(frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+            if self.stereo is None:
+                return frame
+            frame, put_back = self.stereo(frame, previous[:, 0])
+            if corrected is not None:
+                corrected.add_(put_back.sum(1).cpu())
+            return frame
+
         def postprocess(frame: torch.Tensor, cg: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-            if self.stereo is not None:
-                frame, flipped = self.stereo(frame, previous[:, 0])
-                if corrected is not None:
-                    corrected.add_(flipped.sum(1).cpu())
+            frame = keep_stereo(frame, previous)
             if self.refiner is not None:
                 noise = torch.stack([torch.randn(shape, generator=g) for g in streams.refine]).to(self.device)
-                frame = self.refiner(frame, cg, noise)
-                if self.stereo is not None:  # a strained centre the relaxation pushed through its plane
-                    frame, flipped = self.stereo(frame, previous[:, 0])
-                    if corrected is not None:
-                        corrected.add_(flipped.sum(1).cpu())
+                frame = keep_stereo(self.refiner(frame, cg, noise), previous)  # relaxed through a centre's plane
             if self.rotor_hops is not None:
                 uniforms = torch.stack([torch.rand(n_groups, generator=g) for g in streams.rotor]).to(self.device)
                 frame = self.rotor_hops.step(frame, previous[:, 0], uniforms)
@@ -309,9 +310,9 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
                   seed_structure: str | None = None, device: str | None = None, stride: int = 1) -> list[Path]:
     """Backmap files to ``out``: one all-atom trajectory per input and sample, plus ``topology.pdb`` and
     a ``<output>.json`` summary (frames, CG-consistency RMSD in nm, frames/s, grid overflow, and the
-    fingerprint of what made it: model and input contents, settings, :data:`ROLLOUT_RECIPE`).  A rerun reuses an output only when
-    its fingerprint matches and recomputes it otherwise, saying what changed; a group of rollouts killed
-    mid-trajectory resumes from its last finished chunk."""
+    fingerprint of what made it: model and input contents, settings, :data:`ROLLOUT_RECIPE`).  A rerun reuses
+    an output only when its fingerprint matches and recomputes it otherwise, saying what changed; a group of
+    rollouts killed mid-trajectory resumes from its last finished chunk."""
     check_format(fmt)
     backmapper = Backmapper(model, settings, device)  # validates the settings before anything is written
     out = Path(out)
@@ -321,8 +322,8 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
         seed = load_trajectory(seed_structure, None if Path(seed_structure).suffix == ".pdb" else topology)
         model.system.check_atoms(seed.topology, seed_structure)
         structure = seed.xyz[0]
-    common = {"model": model.fingerprint(), "settings": settings.fingerprint(), "recipe": ROLLOUT_RECIPE, "stride": stride,
-              "input_is_aa": input_is_aa, "seed_structure": None if structure is None else digest(structure)}
+    common = {"model": model.fingerprint(), "settings": settings.fingerprint(), "recipe": ROLLOUT_RECIPE,
+              "stride": stride, "input_is_aa": input_is_aa, "seed_structure": None if structure is None else digest(structure)}
     inputs = list(inputs)
     stems = output_stems(inputs)
     paths = output_paths(stems, out, fmt, settings.samples)

@@ -94,9 +94,8 @@ def backmap_with_baseline(model_paths: dict[str, Path], test_xtcs: Sequence[Path
     of its own (:func:`refined_label`); the others are never refined.  Each ``rollout_variants`` entry (label,
     model label, :class:`RolloutSettings` fields to change; :func:`parse_rollout_variant`) backmaps that model
     once more with those settings into ``out/backmapped_<model folder>_<variant folder>`` (same weights: an A/B
-    of a rollout option).  Returns the reference runs, the data
-    sets by label (one trajectory per run), and frames/s and CG-consistency RMSD (nm, mean over runs) per
-    label, as measured when each was backmapped."""
+    of a rollout option).  Returns the reference runs, the data sets by label (one trajectory per run), and
+    frames/s and CG-consistency RMSD (nm, mean over runs) per label, as measured when each was backmapped."""
     reference = [md.load(str(path), top=str(topology)) for path in test_xtcs]
     plain = replace(settings, refinement=RefinementSettings())
     runs = [(label, path, plain, f"backmapped_{path.parent.name}") for label, path in model_paths.items()]

@@ -71,11 +71,11 @@ class StereoKeeper(nn.Module):
             bonded = [a.index for a in neighbours[centre]]
             best = None
             for pair in itertools.combinations(bonded, 2):
-                plane = [n for n in bonded if n not in pair]
+                others = [n for n in bonded if n not in pair]
                 limit = len(best[2]) if best is not None else len(fixed)
-                moved = _branches(neighbours, pair, {centre, *plane}, fixed, limit)
+                moved = _branches(neighbours, pair, {centre, *others}, fixed, limit)
                 if moved is not None:
-                    best = (row, plane, moved)
+                    best = (row, [centre, *others], moved)
             if best is None:
                 self.kept_as_decoded.append(centre)
             else:
@@ -83,7 +83,8 @@ class StereoKeeper(nn.Module):
         plans.sort(key=lambda plan: -len(plan[2]))  # a centre whose branch holds another comes before it
         self.register_buffer("rows", torch.as_tensor(np.array([p[0] for p in plans], dtype=np.int64).reshape(-1, 4)),
                              persistent=False)
-        self.register_buffer("planes", torch.as_tensor(np.array([p[1] for p in plans], dtype=np.int64).reshape(-1, 2)),
+        # the centre and its two other neighbours, on which a put-back branch is superposed
+        self.register_buffer("anchors", torch.as_tensor(np.array([p[1] for p in plans], dtype=np.int64).reshape(-1, 3)),
                              persistent=False)
         for k, plan in enumerate(plans):
             self.register_buffer(f"moved_{k}", torch.as_tensor(plan[2], dtype=torch.long), persistent=False)
@@ -100,8 +101,7 @@ class StereoKeeper(nn.Module):
             corrected.append(flip)
             if not flip.any():
                 continue
-            anchors = torch.cat([row[0, :1], self.planes[k]])
-            moved = getattr(self, f"moved_{k}")
+            anchors, moved = self.anchors[k], getattr(self, f"moved_{k}")
             as_before = superpose(previous[:, anchors], frame[:, anchors], carry=previous[:, moved])
             frame = frame.index_copy(1, moved, torch.where(flip[:, None, None], as_before, frame[:, moved]))
         if not corrected:
