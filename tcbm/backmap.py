@@ -92,6 +92,9 @@ class RolloutSettings:
             raise ValueError("samples, batch_size and chunk_frames must be >= 1, got "
                              f"{self.samples}, {self.batch_size}, {self.chunk_frames}")
         check_autocast(self.autocast)
+        if not isinstance(self.rotor_hops, bool) or not isinstance(self.keep_stereo, bool):
+            raise ValueError(f"rotor_hops and keep_stereo must be true or false, got {self.rotor_hops!r} and "
+                             f"{self.keep_stereo!r}")
 
     def fingerprint(self) -> dict:
         """The settings that shape the frames (not batch size, device, graphs or progress bars)."""
