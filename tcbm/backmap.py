@@ -185,7 +185,7 @@ class Backmapper:
                 return frame
             frame, put_back = self.stereo(frame, previous[:, 0])
             if corrected is not None:
-                corrected.add_(put_back.sum(1).cpu())
+                corrected.add_(put_back.sum(1))
             return frame
 
         def postprocess(frame: torch.Tensor, cg: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -207,8 +207,8 @@ class Backmapper:
         """Roll out CG trajectories ``cg`` (B, T, n, 3) nm; yields chunks (B, t, N, 3) of all-atom frames.
         ``keys`` names each row (input name or index, sample index) for its random ``streams``; a rollout
         resumed mid-trajectory passes the streams' saved state and its ``previous`` frames (B, k, N, 3),
-        newest first, instead of seeding frame 0.  ``corrected`` (B,) int64 on the CPU, if given, counts each
-        row's stereocentres turned back (:attr:`RolloutSettings.keep_stereo`)."""
+        newest first, instead of seeding frame 0.  ``corrected`` (B,) int64 on the rollout's device, if given,
+        counts each row's stereocentres put back (:attr:`RolloutSettings.keep_stereo`)."""
         cg = cg.to(self.device, torch.float32)
         streams = streams or self.streams(keys)
         chunk = self.settings.chunk_frames
@@ -396,10 +396,10 @@ def _run_group(backmapper: Backmapper, cg_inputs: list[CGInput], stems: list[str
     state = progress.load(min_frames=k)  # a resumed rollout needs k previous frames
     done, previous = 0, None
     sq_error, overflow, elapsed = np.zeros(len(rows)), [GridOverflow() for _ in rows], 0.0
-    corrected = torch.zeros(len(rows), dtype=torch.int64)  # stereocentres turned back, per row
+    corrected = torch.zeros(len(rows), dtype=torch.int64, device=backmapper.device)  # stereocentres put back, per row
     if state is not None:
         done, previous, sq_error, elapsed = state["frames"], progress.previous(k), state["sq_error"], state["elapsed_s"]
-        corrected = torch.as_tensor(state["stereo_corrections"])
+        corrected = torch.as_tensor(state["stereo_corrections"], device=backmapper.device)
         overflow = [GridOverflow(**o) for o in state["overflow"]]
         streams.restore(state["streams"])
     limit = backmapper.model.grid.max_radius
@@ -419,7 +419,7 @@ def _run_group(backmapper: Backmapper, cg_inputs: list[CGInput], stems: list[str
                 overflow[r].update(np.abs(centred).max(axis=-1) - limit, done)
             done += t
             progress.save({"frames": done, "streams": streams.state(), "sq_error": sq_error,
-                           "overflow": [asdict(o) for o in overflow], "stereo_corrections": corrected.clone(),
+                           "overflow": [asdict(o) for o in overflow], "stereo_corrections": corrected.cpu(),
                            "elapsed_s": time.perf_counter() - started})
             bar.update(t * len(rows))
     elapsed = time.perf_counter() - started

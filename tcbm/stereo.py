@@ -99,7 +99,7 @@ class StereoKeeper(nn.Module):
             now = signed_volumes(frame, row)[:, 0] * torch.sign(before)  # > 0: the previous frame's handedness
             flip = (now < self.min_volume_fraction * before.abs()) & (before != 0)
             corrected.append(flip)
-            if not flip.any():
+            if frame.device.type == "cpu" and not flip.any():  # asking costs a GPU rollout a wait for the host
                 continue
             anchors, moved = self.anchors[k], getattr(self, f"moved_{k}")
             as_before = superpose(previous[:, anchors], frame[:, anchors], carry=previous[:, moved])
