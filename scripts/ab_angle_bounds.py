@@ -18,9 +18,9 @@ from pathlib import Path
 import mdtraj as md
 import numpy as np
 import torch
-from scipy.stats import wasserstein_distance
 
 from tcbm.analysis.observables import potential_energies
+from tcbm.analysis.scores import wasserstein1
 from tcbm.benchmark import command_line
 from tcbm.constraints import AngleBounds, hydrogen_angles
 from tcbm.energy import KB
@@ -69,7 +69,7 @@ def main() -> None:
         cells = []
         for max_kt in [None, *args.max_kt]:
             energies = potential_energies(xyz if max_kt is None else bounded(xyz, bounds[max_kt]), system)
-            cells.append(f"{wasserstein_distance(e_ref, energies):.2f} ({np.mean(energies - e_ref > 100) * 100:.2f} %)")
+            cells.append(f"{wasserstein1(e_ref, energies):.2f} ({np.mean(energies - e_ref > 100) * 100:.2f} %)")
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
