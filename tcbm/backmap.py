@@ -66,9 +66,9 @@ class RolloutSettings:
     ``cuda_graph`` (replay each step as a captured CUDA graph on GPUs; ignored on CPU), the optional
     physics ``refinement`` of every frame (off unless ``refinement.steps`` > 0), ``rotor_hops`` (draw the
     CH3/NH3 rotamers from the model's rotor Markov chains, :mod:`tcbm.rotor_hops`, where it has them;
-    false keeps the labels the network outputs) and ``keep_stereo`` (turn back every stereocentre the network
-    mirrored with respect to the previous frame, :class:`~tcbm.stereo.StereoKeeper`, so each keeps the seed
-    frame's handedness; false keeps the frames as decoded)."""
+    false keeps the labels the network outputs) and ``keep_stereo`` (put back every stereocentre the network
+    mirrored or flattened with respect to the previous frame, :class:`~tcbm.stereo.StereoKeeper`, so each keeps
+    the seed frame's handedness; false keeps the frames as decoded)."""
 
     samples: int = 1
     latent: str = "gmm"
@@ -141,8 +141,9 @@ class Backmapper:
         self.refiner = Refiner(model.system, self.settings.refinement).to(self.device) \
             if self.settings.refinement.steps else None
         self.rotor_hops = model.rotor_hops if self.settings.rotor_hops else None
-        stereo = StereoKeeper(model.system.topology, model.system.mapping.weights.any(0))
-        self.stereo = stereo.to(self.device) if self.settings.keep_stereo and len(stereo.rows) else None
+        stereo = StereoKeeper(model.system.topology, model.system.mapping.weights.any(0)) \
+            if self.settings.keep_stereo else None
+        self.stereo = stereo.to(self.device) if stereo is not None and len(stereo.rows) else None
         self.library_cg = torch.as_tensor(model.library.cg, device=self.device)
         self.library_prev = torch.as_tensor(model.library.aa_prev, device=self.device)
         self.graphs = {} if self.settings.cuda_graph else None  # captured rollout steps, by batch shape
@@ -172,7 +173,7 @@ class Backmapper:
                              generators("/rotor") if self.rotor_hops is not None else [])
 
     def _postprocess(self, streams: RandomStreams, corrected: torch.Tensor | None):
-        """What :func:`roll` does to every decoded frame: mirrored stereocentres turned back (counted per row
+        """What :func:`roll` does to every decoded frame: mirrored stereocentres put back (counted per row
         into ``corrected`` (B,), if given), the physics refinement, then the rotor hops, each drawing its
         randomness from its own ``streams`` (None when all are off)."""
         if self.stereo is None and self.refiner is None and self.rotor_hops is None:
@@ -326,7 +327,8 @@ def backmap_paths(model: BackmapModel, inputs: Sequence[Path], out: str | Path, 
         model.system.check_atoms(seed.topology, seed_structure)
         structure = seed.xyz[0]
     common = {"model": model.fingerprint(), "settings": settings.fingerprint(), "recipe": ROLLOUT_RECIPE,
-              "stride": stride, "input_is_aa": input_is_aa, "seed_structure": None if structure is None else digest(structure)}
+              "stride": stride, "input_is_aa": input_is_aa,
+              "seed_structure": None if structure is None else digest(structure)}
     inputs = list(inputs)
     stems = output_stems(inputs)
     paths = output_paths(stems, out, fmt, settings.samples)
