@@ -155,7 +155,9 @@ def main() -> None:
                                       variants=dict(map(parse_variant, args.variant)))
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_paths, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0, refinement=RefinementSettings(
-                                                                     steps=args.refine_steps)), device, refine="tcbm",
+                                                                     steps=args.refine_steps,
+                                                                     minimize_steps=args.refine_minimize_steps)),
+                                                                 device, refine="tcbm",
         rollout_variants=[parse_rollout_variant(spec) for spec in args.rollout_variant])
     timings.update(backmap_timings)
     datasets[SHUFFLED] = [time_shuffled(run, seed=k) for k, run in enumerate(reference)]

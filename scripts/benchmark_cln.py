@@ -94,7 +94,8 @@ def main() -> None:
     with initialize_config_module("tcbm.conf", version_base="1.3"):
         paths, timings = train_models(out / "runs", "cln_quick", train_runs, overrides, args.workers,
                                       variants=dict(map(parse_variant, args.variant)))
-    refinement = RefinementSettings(steps=args.refine_steps, temperature_K=TEMPERATURE_K)
+    refinement = RefinementSettings(steps=args.refine_steps, minimize_steps=args.refine_minimize_steps,
+                                    temperature_K=TEMPERATURE_K)
     reference, datasets, backmap_timings = backmap_with_baseline(paths, test_runs, data / "test_0.pdb", out / "runs",
                                                                  RolloutSettings(seed=0, refinement=refinement), device,
                                                                  refine="tcbm",

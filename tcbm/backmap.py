@@ -97,10 +97,12 @@ class RolloutSettings:
                              f"{self.keep_stereo!r}")
 
     def fingerprint(self) -> dict:
-        """The settings that shape the frames (not batch size, device, graphs or progress bars)."""
+        """The settings that shape the frames (not batch size, device, graphs or progress bars; the refinement's
+        only when it is on)."""
+        refinement = asdict(self.refinement) if self.refinement.steps else None
         return {"samples": self.samples, "latent": self.latent, "latent_temperature": self.latent_temperature,
                 "seed": self.seed, "chunk_frames": self.chunk_frames,
-                "autocast": self.autocast, "refinement": asdict(self.refinement), "rotor_hops": self.rotor_hops,
+                "autocast": self.autocast, "refinement": refinement, "rotor_hops": self.rotor_hops,
                 "keep_stereo": self.keep_stereo}
 
 
@@ -178,7 +180,7 @@ class Backmapper:
         randomness from its own ``streams`` (None when all are off)."""
         if self.stereo is None and self.refiner is None and self.rotor_hops is None:
             return None
-        shape = (self.settings.refinement.steps, self.model.system.n_atoms, 3)
+        shape = self.refiner.noise_shape(self.model.system.n_atoms) if self.refiner is not None else None
         n_groups = 0 if self.rotor_hops is None else len(self.rotor_hops.groups)
 
         def keep_stereo(frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:

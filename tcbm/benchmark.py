@@ -20,7 +20,7 @@ FIGURES = ("energy", "velocity", "fes", "timescales", "eigenvector_similarity", 
 def add_model_row_arguments(parser: argparse.ArgumentParser, temperature_K: float) -> None:
     """A benchmark's options for rows of its own: ``--variant`` (more tcbm models, each with its train
     overrides), ``--rollout-variant`` (a model backmapped once more with other rollout settings) and
-    ``--refine-steps`` (tcbm + the physics refinement at ``temperature_K``)."""
+    ``--refine-steps`` / ``--refine-minimize-steps`` (tcbm + the physics refinement at ``temperature_K``)."""
     parser.add_argument("--variant", action="append", default=[],
                         help="'label=override override ...': one more tcbm model trained with these train overrides "
                              "on the same data and evaluated as its own row (an A/B at the benchmark's scale)")
@@ -28,8 +28,11 @@ def add_model_row_arguments(parser: argparse.ArgumentParser, temperature_K: floa
                         help="'label=model label:setting=value ...': that model (e.g. tcbm) backmapped once more with "
                              "these tcbm.backmap.RolloutSettings (e.g. keep_stereo=false), as its own row (same weights)")
     parser.add_argument("--refine-steps", type=int, default=0,
-                        help=f"also evaluate tcbm + this many physics-refinement steps at {temperature_K:g} K, as its "
-                             "own row (0: no)")
+                        help=f"also evaluate tcbm + the physics refinement with this many Langevin steps at "
+                             f"{temperature_K:g} K (tcbm.refine), as its own row (0: no)")
+    parser.add_argument("--refine-minimize-steps", type=int, default=0,
+                        help="FIRE minimisation steps before the refinement's dynamics (for frames with overlapping "
+                             "atoms; 0: none)")
 
 
 def command_line() -> str:

@@ -1,8 +1,10 @@
 """Differentiable molecular-mechanics energy (kJ/mol, coordinates in nm) from an OpenMM ``System``.
 
 Supported forces: ``HarmonicBondForce``, ``HarmonicAngleForce``, ``PeriodicTorsionForce`` (propers
-and impropers) and a ``NoCutoff`` ``NonbondedForce`` (Lennard-Jones + Coulomb with OpenMM's
-exceptions: scaled 1-4 pairs, excluded 1-2/1-3 pairs).  ``CMMotionRemover`` is ignored.
+and impropers), a ``NoCutoff`` ``NonbondedForce`` (Lennard-Jones + Coulomb with OpenMM's
+exceptions: scaled 1-4 pairs, excluded 1-2/1-3 pairs) and a ``NoCutoff`` ``GBSAOBCForce`` (the OBC
+implicit solvent the reference simulations use: generalized Born with OBC-II Born radii, Onufriev,
+Bashford & Case 2004, plus the ACE surface-area term).  ``CMMotionRemover`` is ignored.
 
 ``soft=False`` is the exact energy (evaluation, tests against OpenMM).  ``soft=True`` is the training
 form: it stays finite for the overlapping atoms of an untrained network.  Lennard-Jones uses the
@@ -25,6 +27,8 @@ ONE_4PI_EPS0 = 138.935456
 SOFT_ALPHA = 0.5
 SOFT_DELTA = 0.05
 IGNORED_FORCES = ("CMMotionRemover",)
+#: OBC-II constants as in OpenMM's GBSAOBCForce: radius offset (nm), α, β, γ, solvent probe radius (nm).
+OBC_OFFSET, OBC_ALPHA, OBC_BETA, OBC_GAMMA, OBC_PROBE = 0.009, 1.0, 0.8, 4.85, 0.14
 
 
 #: Boltzmann constant in kJ/mol/K.
@@ -63,7 +67,7 @@ class MMEnergy(nn.Module):
     def __init__(self, system: openmm.System) -> None:
         super().__init__()
         self.n_atoms = system.getNumParticles()
-        bonds, angle_terms, torsions, pairs = [], [], [], None
+        bonds, angle_terms, torsions, pairs, solvent = [], [], [], None, None
         for force in system.getForces():
             kind = force.__class__.__name__
             if isinstance(force, openmm.HarmonicBondForce):
@@ -82,12 +86,62 @@ class MMEnergy(nn.Module):
                 if force.getNonbondedMethod() != openmm.NonbondedForce.NoCutoff:
                     raise ValueError("MMEnergy supports only NonbondedForce with NoCutoff (vacuum, no periodic box)")
                 pairs = self._nonbonded_pairs(force)
+            elif isinstance(force, openmm.GBSAOBCForce):
+                if force.getNonbondedMethod() != openmm.GBSAOBCForce.NoCutoff:
+                    raise ValueError("MMEnergy supports only GBSAOBCForce with NoCutoff")
+                solvent = force
             elif kind not in IGNORED_FORCES:
-                raise ValueError(f"MMEnergy does not support OpenMM force {kind}; build the System in vacuum")
+                raise ValueError(f"MMEnergy does not support OpenMM force {kind}; build the System in vacuum or with OBC "
+                                 "implicit solvent (GBSAOBCForce)")
         self._register("bond", bonds, n_index=2)
         self._register("angle", angle_terms, n_index=3)
         self._register("torsion", torsions, n_index=4)
         self._register("pair", pairs or [], n_index=2)
+        self.implicit_solvent = solvent is not None
+        if solvent is not None:
+            self._register_obc(solvent)
+
+    def _register_obc(self, force: openmm.GBSAOBCForce) -> None:
+        rows = [force.getParticleParameters(n) for n in range(force.getNumParticles())]
+        charge, radius, scale = (torch.tensor([_value(row[k], unit) for row in rows], dtype=torch.float64)
+                                 for k, unit in enumerate((u.elementary_charge, u.nanometer, u.dimensionless)))
+        self.register_buffer("obc_charge", charge, persistent=False)
+        self.register_buffer("obc_radius", radius, persistent=False)
+        self.register_buffer("obc_scale", scale, persistent=False)
+        self.register_buffer("obc_self", torch.eye(len(rows), dtype=torch.bool), persistent=False)
+        self.obc_prefactor = -0.5 * ONE_4PI_EPS0 * (1 / force.getSoluteDielectric() - 1 / force.getSolventDielectric())
+        self.obc_surface = 4 * np.pi * _value(force.getSurfaceAreaEnergy(), u.kilojoule_per_mole / u.nanometer**2)
+
+    def born_radii(self, r2: torch.Tensor) -> torch.Tensor:
+        """OBC-II effective Born radii (..., N) nm from squared distances ``r2`` (..., N, N) nm²: HCT
+        descreening integrals of every other atom's scaled sphere, rescaled by tanh(αψ − βψ² + γψ³)."""
+        dtype, eye = r2.dtype, self.obc_self
+        offset = self.obc_radius.to(dtype) - OBC_OFFSET  # (N,)
+        scaled = self.obc_scale.to(dtype) * offset
+        r = torch.where(eye, 1.0, r2).clamp_min(1e-12).sqrt()
+        rho_i, s_j = offset[:, None], scaled[None, :]
+        upper = r + s_j
+        lower = torch.maximum(rho_i.expand_as(r), (r - s_j).abs())
+        term = 0.5 * (1 / lower - 1 / upper + 0.25 * r * (1 / upper**2 - 1 / lower**2)
+                      + 0.5 / r * torch.log(lower / upper) + 0.25 * s_j**2 / r * (1 / lower**2 - 1 / upper**2))
+        term = term + torch.where(rho_i < s_j - r, 2 * (1 / rho_i - 1 / lower), 0.0)
+        term = torch.where(~eye & (rho_i < upper), term, 0.0)
+        psi = term.sum(-1) * offset
+        tanh = torch.tanh(OBC_ALPHA * psi - OBC_BETA * psi**2 + OBC_GAMMA * psi**3)
+        return 1 / (1 / offset - tanh / self.obc_radius.to(dtype))
+
+    def solvation(self, x: torch.Tensor) -> torch.Tensor:
+        """OBC implicit-solvent energy (kJ/mol, ``x.shape[:-2]``): generalized Born polarisation of every
+        pair and atom (f_GB = sqrt(r² + B_i B_j exp(−r²/4B_iB_j))) plus the ACE non-polar term."""
+        r2 = ((x[..., :, None, :] - x[..., None, :, :]) ** 2).sum(-1)
+        born = self.born_radii(r2)
+        dtype = x.dtype
+        charge, radius = self.obc_charge.to(dtype), self.obc_radius.to(dtype)
+        bb = born[..., :, None] * born[..., None, :]
+        f_gb = (r2 + bb * torch.exp(-r2 / (4 * bb))).sqrt()
+        polar = self.obc_prefactor * (charge[:, None] * charge[None, :] / f_gb).sum((-1, -2))
+        surface = (self.obc_surface * (radius + OBC_PROBE) ** 2 * (radius / born) ** 6).sum(-1)
+        return polar + surface
 
     @staticmethod
     def _nonbonded_pairs(force: openmm.NonbondedForce) -> list[tuple]:
@@ -145,7 +199,10 @@ class MMEnergy(nn.Module):
         s6 = sig**6 / r6
         lj = (4 * eps * (s6 * s6 - s6)).sum(-1)
         coulomb = (ONE_4PI_EPS0 * qq / r_coulomb).sum(-1)
-        return {"bond": bond, "angle": angle, "torsion": torsion, "lennard_jones": lj, "coulomb": coulomb}
+        terms = {"bond": bond, "angle": angle, "torsion": torsion, "lennard_jones": lj, "coulomb": coulomb}
+        if self.implicit_solvent:
+            terms["solvation"] = self.solvation(x)
+        return terms
 
     def forward(self, x: torch.Tensor, soft: bool = False) -> torch.Tensor:
         """Total potential energy (kJ/mol) of coordinates ``x`` (nm), shape ``x.shape[:-2]``."""

@@ -80,7 +80,8 @@ def train_model(out: Path, experiment: str, history: int, trajectories: Path | S
 
 def refined_label(label: str, refinement: RefinementSettings) -> str:
     """How a refined data set is labelled in reports: never mistaken for the model's own output."""
-    return f"{label} + refinement ({refinement.steps} steps)"
+    minimisation = f"{refinement.minimize_steps} minimisation + " if refinement.minimize_steps else ""
+    return f"{label} + refinement ({minimisation}{refinement.steps} MD steps)"
 
 
 def backmap_with_baseline(model_paths: dict[str, Path], test_xtcs: Sequence[Path], topology: Path, out: Path,

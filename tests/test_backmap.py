@@ -262,6 +262,7 @@ def bad_inputs(tmp_path_factory, cg_inputs):
     (["format=pdb"], "format must be one of ('xtc', 'dcd', 'h5'), got 'pdb'"),
     (["autocast=int8"], "autocast must be null, 'bf16' or 'fp16'"),
     (["refine.steps=-1"], "invalid refinement settings"),
+    (["refine.implicit_solvent=gbn2"], "refinement implicit_solvent must be one of ('obc', None)"),
     (["keep_stereo=maybe"], "rotor_hops and keep_stereo must be true or false, got True and 'maybe'"),
 ])
 def test_cli_user_errors_are_one_line_without_traceback(tmp_path, tiny_model, cg_inputs, bad_inputs, args, message):

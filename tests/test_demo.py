@@ -27,7 +27,7 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys, monke
         cfg = compose("demo", overrides=[f"out={tmp_path}", *MINIATURE])
         report = run_demo(cfg)
         metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
-        assert set(metrics["datasets"]) == {"reference", "tcbm", "tcbm + refinement (2 steps)", "frame-based cVAE",
+        assert set(metrics["datasets"]) == {"reference", "tcbm", "tcbm + refinement (2 MD steps)", "frame-based cVAE",
                                             "nearest-neighbour"}
         refined = json.loads((tmp_path / "backmapped_model_history1_refined2" / "test.json").read_text())
         plain = json.loads((tmp_path / "backmapped_model_history1" / "test.json").read_text())

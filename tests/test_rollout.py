@@ -127,8 +127,8 @@ def test_refinement_thermalises_distorted_frames_on_the_cg(adp_traj, adp):
     xyz = torch.as_tensor(md.load(str(adp_traj[0]), top=str(adp_traj[1])).xyz[::6][:16])
     cg = adp.mapping(xyz)
     distorted = xyz + 0.015 * torch.randn(xyz.shape, generator=torch.Generator().manual_seed(0))
-    refiner = Refiner(adp, RefinementSettings(steps=40))
-    noise = torch.randn(16, 40, adp.n_atoms, 3, generator=torch.Generator().manual_seed(1))
+    refiner = Refiner(adp, RefinementSettings(steps=40, minimize_steps=40))
+    noise = torch.randn(16, *refiner.noise_shape(adp.n_atoms), generator=torch.Generator().manual_seed(1))
     refined = refiner(distorted, cg, noise)
     u_ref, u_bad, u_new = (np.median(potential_energies(x.numpy(), adp)) for x in (xyz, distorted, refined))
     assert u_bad - u_ref > 300  # the distortion costs hundreds of kJ/mol
@@ -139,12 +139,35 @@ def test_refinement_thermalises_distorted_frames_on_the_cg(adp_traj, adp):
     assert len(hydrogen) == 12 and torch.allclose(lengths, refiner.constraints.lengths.expand_as(lengths), atol=1e-5)
 
 
+def test_refinement_dynamics_keep_equilibrium_frames_at_equilibrium(adp_traj, adp):
+    """Frames from the OBC simulation at 300 K stay in that ensemble under the Langevin stage (same force
+    field and temperature), while the minimisation alone takes them below it."""
+    from tcbm.energy import MMEnergy
+    from tcbm.refine import RefinementSettings, Refiner
+
+    xyz = torch.as_tensor(md.load(str(adp_traj[0]), top=str(adp_traj[1])).xyz[::3][:32], dtype=torch.float64)
+    cg = adp.mapping(xyz)
+    energy = MMEnergy(adp.openmm_system("obc"))
+    noise = torch.randn(32, 151, adp.n_atoms, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def fast_terms(x):  # bonds and angles: thermalised within the run, ~kT/2 per mode
+        terms = energy.terms(x)
+        return (terms["bond"] + terms["angle"]).mean().item()
+
+    dynamics = Refiner(adp, RefinementSettings(steps=150, minimize_steps=0))(xyz, cg, noise)
+    minimised = Refiner(adp, RefinementSettings(steps=0, minimize_steps=200))(xyz, cg, noise[:, :1])
+    assert abs(fast_terms(dynamics) - fast_terms(xyz)) < 4.0  # ~57 kJ/mol at 300 K; a cold integrator: ~-8
+    assert (dynamics - xyz).norm(dim=-1).mean() > 0.01  # the atoms did move
+    assert energy(minimised).mean() < energy(xyz).mean() - 40.0
+    assert torch.allclose(adp.mapping(dynamics), cg, atol=1e-6) and torch.allclose(adp.mapping(minimised), cg, atol=1e-6)
+
+
 def test_refined_rollouts_do_not_depend_on_batching(tiny_model, cg_inputs):
     from tcbm.backmap import Backmapper, RolloutSettings
     from tcbm.refine import RefinementSettings
 
     cg = [md.load(str(p)).xyz[:6] for p in cg_inputs]
-    refine = RefinementSettings(steps=3)
+    refine = RefinementSettings(steps=3, minimize_steps=10)
     batched = Backmapper(tiny_model, RolloutSettings(progress=False, refinement=refine), "cpu").backmap(cg)
     single = Backmapper(tiny_model, RolloutSettings(batch_size=1, progress=False, refinement=refine), "cpu").backmap(cg)
     plain = Backmapper(tiny_model, RolloutSettings(progress=False), "cpu").backmap(cg)
