@@ -276,3 +276,11 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path, tiny_model, cg
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tcbm backmap: error: ") and message in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no output, no log folder left
+
+
+def test_rollout_fingerprint_holds_the_refinement_only_when_it_is_on():
+    off, off_other = RolloutSettings(), RolloutSettings(refinement=RefinementSettings(steps=0, minimize_steps=50))
+    on, on_other = (RolloutSettings(refinement=RefinementSettings(steps=5, minimize_steps=m)) for m in (0, 50))
+    assert off.fingerprint() == off_other.fingerprint()  # a refinement that is off shapes no frame
+    assert on.fingerprint() != on_other.fingerprint() and on.fingerprint() != off.fingerprint()
+    assert on.fingerprint()["refinement"]["minimize_steps"] == 0
