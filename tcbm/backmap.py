@@ -180,7 +180,7 @@ class Backmapper:
         randomness from its own ``streams`` (None when all are off)."""
         if self.stereo is None and self.refiner is None and self.rotor_hops is None:
             return None
-        shape = self.refiner.noise_shape(self.model.system.n_atoms) if self.refiner is not None else None
+        shape = self.refiner.noise_shape() if self.refiner is not None else None
         n_groups = 0 if self.rotor_hops is None else len(self.rotor_hops.groups)
 
         def keep_stereo(frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:

@@ -81,9 +81,9 @@ class Refiner(torch.nn.Module):
                              persistent=False)
         self.constraints = BondConstraints(*hydrogen_bonds(system, omm_system)) if settings.constrain_hbonds else None
 
-    def noise_shape(self, n_atoms: int) -> tuple[int, int, int]:
+    def noise_shape(self) -> tuple[int, int, int]:
         """Shape of the standard normal draws one frame needs: initial velocities, then one per MD step."""
-        return self.settings.steps + 1, n_atoms, 3
+        return self.settings.steps + 1, self.energy.n_atoms, 3
 
     def project(self, x: torch.Tensor, cg: torch.Tensor) -> torch.Tensor:
         """``x`` moved minimally so that f_cg(x) = ``cg``, then with its X–H bonds at their lengths."""

@@ -128,7 +128,7 @@ def test_refinement_thermalises_distorted_frames_on_the_cg(adp_traj, adp):
     cg = adp.mapping(xyz)
     distorted = xyz + 0.015 * torch.randn(xyz.shape, generator=torch.Generator().manual_seed(0))
     refiner = Refiner(adp, RefinementSettings(steps=40, minimize_steps=40))
-    noise = torch.randn(16, *refiner.noise_shape(adp.n_atoms), generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(16, *refiner.noise_shape(), generator=torch.Generator().manual_seed(1))
     refined = refiner(distorted, cg, noise)
     u_ref, u_bad, u_new = (np.median(potential_energies(x.numpy(), adp)) for x in (xyz, distorted, refined))
     assert u_bad - u_ref > 300  # the distortion costs hundreds of kJ/mol
