@@ -156,7 +156,7 @@ def test_refinement_dynamics_keep_equilibrium_frames_at_equilibrium(adp_traj, ad
 
     dynamics = Refiner(adp, RefinementSettings(steps=150, minimize_steps=0))(xyz, cg, noise)
     minimised = Refiner(adp, RefinementSettings(steps=0, minimize_steps=200))(xyz, cg, noise[:, :1])
-    assert abs(fast_terms(dynamics) - fast_terms(xyz)) < 4.0  # ~57 kJ/mol at 300 K; a cold integrator: ~-8
+    assert abs(fast_terms(dynamics) - fast_terms(xyz)) < 4.0  # ~51-57 kJ/mol at 300 K; at 255 K (15 % cold): -4.5
     assert (dynamics - xyz).norm(dim=-1).mean() > 0.01  # the atoms did move
     assert energy(minimised).mean() < energy(xyz).mean() - 40.0
     assert torch.allclose(adp.mapping(dynamics), cg, atol=1e-6) and torch.allclose(adp.mapping(minimised), cg, atol=1e-6)
