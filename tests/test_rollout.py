@@ -148,13 +148,14 @@ def test_refinement_dynamics_keep_equilibrium_frames_at_equilibrium(adp_traj, ad
     xyz = torch.as_tensor(md.load(str(adp_traj[0]), top=str(adp_traj[1])).xyz[::3][:32], dtype=torch.float64)
     cg = adp.mapping(xyz)
     energy = MMEnergy(adp.openmm_system("obc"))
-    noise = torch.randn(32, 151, adp.n_atoms, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    refiner = Refiner(adp, RefinementSettings(steps=150, minimize_steps=0))
+    noise = torch.randn(32, *refiner.noise_shape(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def fast_terms(x):  # bonds and angles: thermalised within the run, ~kT/2 per mode
         terms = energy.terms(x)
         return (terms["bond"] + terms["angle"]).mean().item()
 
-    dynamics = Refiner(adp, RefinementSettings(steps=150, minimize_steps=0))(xyz, cg, noise)
+    dynamics = refiner(xyz, cg, noise)
     minimised = Refiner(adp, RefinementSettings(steps=0, minimize_steps=200))(xyz, cg, noise[:, :1])
     assert abs(fast_terms(dynamics) - fast_terms(xyz)) < 4.0  # ~51-57 kJ/mol at 300 K; at 255 K (15 % cold): -4.5
     assert (dynamics - xyz).norm(dim=-1).mean() > 0.01  # the atoms did move
