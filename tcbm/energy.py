@@ -22,6 +22,8 @@ import openmm.unit as u
 import torch
 from torch import nn
 
+from tcbm.geometry import squared_distances
+
 #: Coulomb constant 1/(4π ε0) in kJ mol⁻¹ nm e⁻², OpenMM's value.
 ONE_4PI_EPS0 = 138.935456
 SOFT_ALPHA = 0.5
@@ -133,7 +135,7 @@ class MMEnergy(nn.Module):
     def solvation(self, x: torch.Tensor) -> torch.Tensor:
         """OBC implicit-solvent energy (kJ/mol, ``x.shape[:-2]``): generalized Born polarisation of every
         pair and atom (f_GB = sqrt(r² + B_i B_j exp(−r²/4B_iB_j))) plus the ACE non-polar term."""
-        r2 = ((x[..., :, None, :] - x[..., None, :, :]) ** 2).sum(-1)
+        r2 = squared_distances(x)
         born = self.born_radii(r2)
         dtype = x.dtype
         charge, radius = self.obc_charge.to(dtype), self.obc_radius.to(dtype)

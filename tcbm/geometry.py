@@ -1,4 +1,4 @@
-"""Rigid-body geometry in torch: random rotations, Kabsch superposition and RMSD (nm)."""
+"""Geometry in torch: random rotations, Kabsch superposition and RMSD, interatomic distances (nm)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,8 @@ def best_turn_angle(mobile: torch.Tensor, target: torch.Tensor, centre: torch.Te
     a, b = mobile - centre[..., None, :], target - centre[..., None, :]
     a, b = a - k * (k * a).sum(-1, keepdim=True), b - k * (k * b).sum(-1, keepdim=True)  # in the turning plane
     return torch.atan2((k * torch.linalg.cross(a, b)).sum((-1, -2)), (a * b).sum((-1, -2)))
+
+
+def squared_distances(x: torch.Tensor) -> torch.Tensor:
+    """All squared interatomic distances (..., N, N) nm² of coordinates ``x`` (..., N, 3) nm."""
+    return (x[..., :, None, :] - x[..., None, :, :]).pow(2).sum(-1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from tcbm.energy import KB, MMEnergy
+from tcbm.geometry import squared_distances
 from tcbm.mapping import CGMapping
 from tcbm.stereo import signed_volumes
 
@@ -29,8 +30,7 @@ def cg_loss(pred: torch.Tensor, cg: torch.Tensor, mapping: CGMapping) -> torch.T
 
 
 def distance_matrix(x: torch.Tensor) -> torch.Tensor:
-    diff = x[..., :, None, :] - x[..., None, :, :]
-    return (diff.pow(2).sum(-1) + 1e-12).sqrt()
+    return (squared_distances(x) + 1e-12).sqrt()
 
 
 def edm_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
