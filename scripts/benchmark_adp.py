@@ -28,7 +28,7 @@ from hydra import initialize_config_module
 from tcbm.analysis.baselines import time_shuffled
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
 from tcbm.backmap import RolloutSettings
-from tcbm.benchmark import add_model_row_arguments, results_page, target_row
+from tcbm.benchmark import add_model_row_arguments, compared, results_page, target_row
 from tcbm.pipeline import backmap_with_baseline, parse_rollout_variant, parse_variant, simulate_runs, train_models
 from tcbm.refine import RefinementSettings
 from tcbm.systems import load_system
@@ -54,16 +54,16 @@ def temporal_errors(metrics: dict, name: str) -> dict[str, float]:
             **{f"CG-free {element} displacement JS": js for element, js in d["free_displacement_js"].items()}}
 
 
-def targets(metrics: dict) -> list[str]:
-    """The paper's claims and the model issue's bar as pass/fail lines for tcbm."""
+def targets(metrics: dict, replicas: list[dict]) -> list[str]:
+    """The paper's claims and the model issue's bar as pass/fail lines for tcbm (``replicas``: the evaluation's
+    bootstrap replicas, for the intervals of the "closer than" differences)."""
     d = metrics["datasets"]
     tcbm = d["tcbm"]
     resolved = d["reference"]["msm"].get("resolved", [])
     rel = [r for r, ok in zip(tcbm["msm"]["relative_error"], resolved) if ok]  # timescales resolved at the lag
     others = [d[k]["velocity_js"] for k in ("frame-based cVAE", "nearest-neighbour")]
     rotor_error = max(rotor_errors(metrics, "tcbm", min_lag_ps=20.0), default=None)
-    ours, theirs = temporal_errors(metrics, "tcbm"), temporal_errors(metrics, "frame-based cVAE")
-    worse = [k for k in ours if not ours[k] < theirs[k]]  # ties count against tcbm
+    texts, worse = compared(temporal_errors, metrics, replicas, "tcbm", "frame-based cVAE")
     cg_fixed = " (phi/psi are CG atoms: any CG-consistent backmapper passes)"
     return [
         target_row(f"energy W1 < kT ({KT:.2f} kJ/mol)", tcbm["energy_w1_kJmol"] < KT, f"{tcbm['energy_w1_kJmol']:.2f}"),
@@ -73,8 +73,7 @@ def targets(metrics: dict) -> list[str]:
                    and rotor_error < 0.1, "n/a" if rotor_error is None else
                    f"max error {rotor_error:.2f} (1 ps included: {tcbm['rotor_autocorrelation_max_error']:.2f})"),
         target_row("closer to the reference than the frame-based cVAE on every temporal measure", not worse,
-                   ("; ".join(f"{k} {ours[k]:.4g} vs {theirs[k]:.4g}" for k in ours)
-                    + (f" (not closer: {', '.join(worse)})" if worse else ""))),
+                   "; ".join(texts) + (f" (not closer: {', '.join(worse)})" if worse else "")),
         target_row("FES JS < 0.02" + cg_fixed, tcbm["fes_js"] < 0.02, f"{tcbm['fes_js']:.4f}"),
         target_row(f"resolved MSM timescales ({len(rel)}) within 10 %" + cg_fixed, bool(rel) and max(rel) < 0.1,
                    ", ".join(f"{100 * r:.0f} %" for r in rel) or "none resolved"),
@@ -171,7 +170,7 @@ def main() -> None:
                  f"in alphaL; OBC implicit solvent, 300 K, 1 ps frames. Held-out reference: "
                  f"{phi_summary(reference, evaluation.frame_macrostates.get('reference'))}. Control row '{SHUFFLED}': the held-out frames in random order "
                  "(every per-frame score exact, no dynamics; its CG is shuffled too).")
-    page = results_page("ADP quality benchmark", data_line, evaluation.metrics, targets(evaluation.metrics), timings,
+    page = results_page("ADP quality benchmark", data_line, evaluation.metrics, targets(evaluation.metrics, evaluation.bootstrap.replicas), timings,
                         device)
     (out / "results.md").write_text(page)
     print(json.dumps(timings, indent=1))

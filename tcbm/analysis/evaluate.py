@@ -18,6 +18,7 @@ from tcbm.analysis import observables as obs
 from tcbm.analysis.fes import TICAProjection, ca_distances, histogram2d, outside_mass, ramachandran, reference_grid
 from tcbm.analysis.msm import MSMComparison, fit_states, macrostates, msm_frame_weights
 from tcbm.analysis.scores import js_divergence, js_of_samples, wasserstein1
+from tcbm.analysis.uncertainty import PairedBlockBootstrap, SeriesData
 from tcbm.io import atomic_path
 from tcbm.systems import MolecularSystem
 
@@ -33,7 +34,10 @@ class EvaluationSettings:
     metastable sets (PCCA+ of the reference's MSM) in which the energy W1 is also given (0: none);
     ``energies``: ``absolute`` compares force-field energies as they are, ``centred`` subtracts each data
     set's own median first (for a reference from another force field or solvent, whose absolute energies
-    under this system's vacuum force field are not comparable, only the distributions' shapes are)."""
+    under this system's vacuum force field are not comparable, only the distributions' shapes are);
+    ``bootstrap_replicas`` (0: none) replicas of a paired block bootstrap over blocks of ``bootstrap_block_ps``
+    ps (:mod:`tcbm.analysis.uncertainty`): 95 % intervals of the temporal scores and the energy W1 of every data
+    set with the reference's trajectory lengths."""
 
     temperature_K: float = 300.0
     dt_ps: float | None = None
@@ -54,6 +58,8 @@ class EvaluationSettings:
     macrostates: int = 2
     seed: int = 0
     energies: str = "absolute"
+    bootstrap_replicas: int = 200
+    bootstrap_block_ps: float = 200.0
 
     def __post_init__(self) -> None:
         if self.energies not in ("absolute", "centred"):
@@ -84,6 +90,7 @@ class Evaluation:
         self.settings = settings or EvaluationSettings()
         self.metrics: dict = {}
         self.frame_macrostates: dict[str, np.ndarray] = {}  # per data set: each frame's macrostate (-1: none)
+        self.bootstrap: PairedBlockBootstrap | None = None  # its replicas: scores on resampled held-out blocks
         self._data: dict = {}
 
     def _check(self, segments: dict[str, list[md.Trajectory]], system: MolecularSystem) -> None:
@@ -130,8 +137,9 @@ class Evaluation:
         cvs = {k: self._cv(t) for k, t in everything.items()}
         energies = comparable_energies({k: obs.potential_energies(t.xyz, system) for k, t in everything.items()},
                                        s.energies)
-        speeds = {k: np.concatenate([obs.frame_speeds(t.xyz, dt, s.velocity_rescale.get(k, 1.0)) for t in v])
-                  for k, v in segments.items()}
+        segment_speeds = {k: [obs.frame_speeds(t.xyz, dt, s.velocity_rescale.get(k, 1.0)).reshape(-1, t.n_atoms)
+                              for t in v] for k, v in segments.items()}
+        speeds = {k: np.concatenate([x.ravel() for x in v]) for k, v in segment_speeds.items()}
         bonds = {k: obs.bond_lengths(t) for k, t in everything.items()}
         grid = reference_grid(cvs["reference"], s.fes_bins, periodic=self.cv_kind == "ramachandran")
         states = fit_states(cvs["reference"], s.n_clusters or (100 if self.cv_kind == "ramachandran" else 150), s.seed)
@@ -151,7 +159,11 @@ class Evaluation:
         angles = {k: [obs.rotor_dihedrals(t)[1] for t in v] for k, v in segments.items()}
         rotors = {k: obs.pooled_rotor_autocorrelations(rotor_names, a, list(s.rotor_lags_ps), dt)
                   for k, a in angles.items()}
-        free = self._free_atom_measures(segments, rotor_names, angles, system, dt)
+        free, motion, states = self._free_atom_measures(segments, rotor_names, angles, system, dt)
+        series = {k: SeriesData(split(energies[k], lengths[k]), segment_speeds[k], angles[k], states[k],
+                                [d for d, _ in motion[k]], [r for _, r in motion[k]]) for k in segments}
+        self.bootstrap = self._bootstrap(series, lengths, rotor_names, system, dt)
+        intervals = self.bootstrap.intervals() if self.bootstrap is not None else {}
         metrics = {}
         for name, traj in everything.items():
             bond_means = {k: v.reshape(traj.n_frames, -1).mean(0) for k, v in bonds[name].items()}
@@ -184,6 +196,7 @@ class Evaluation:
                     default=None),
                 **free[name],
                 **by_macrostate.get(name, {}),
+                **({"intervals_95": intervals[name]} if name in intervals else {}),
             }
             metrics[name] = entry
         self.metrics = {"units": UNITS, "settings": {**asdict(self.settings), "dt_ps": dt, "cv": self.cv_kind},
@@ -213,12 +226,26 @@ class Evaluation:
                 if np.any(frames == k) and np.any(reference == k) else None for k in range(n_sets)],
         } for name, frames in sets.items()}
 
+    def _bootstrap(self, series: dict[str, SeriesData], lengths: dict[str, list[int]], rotor_names: list[str],
+                   system: MolecularSystem, dt: float) -> PairedBlockBootstrap | None:
+        """The paired block bootstrap over the data sets with the reference's trajectory lengths (None when
+        switched off or none has them)."""
+        s = self.settings
+        paired = {k: v for k, v in series.items() if lengths[k] == lengths["reference"]}
+        if not s.bootstrap_replicas or len(paired) < 2:
+            return None
+        atoms = obs.free_atoms(system.mapping)
+        elements = np.array([str(system.topology.atom(int(i)).element.symbol) for i in atoms])
+        return PairedBlockBootstrap(s.bootstrap_block_ps, s.bootstrap_replicas, s.hist_bins, s.seed).fit(
+            paired, rotor_names, elements, dt, list(s.rotor_lags_ps))
+
     def _free_atom_measures(self, segments: dict[str, list[md.Trajectory]], rotor_names: list[str],
                             angles: dict[str, list[np.ndarray]], system: MolecularSystem, dt: float
-                            ) -> dict[str, dict]:
+                            ) -> tuple[dict[str, dict], dict[str, list], dict[str, list[np.ndarray]]]:
         """What the CG does not fix, per data set: rotamer hops per ps of the methyl and χ rotors (states centred on the
         reference's staggered minima), and the frame-to-frame motion of the CG-free atoms in the CG's frame —
-        mean RMSD (nm) and, per element, the displacement distribution's JS and W1 (nm) against the reference."""
+        mean RMSD (nm) and, per element, the displacement distribution's JS and W1 (nm) against the reference.
+        Also returned, per data set and trajectory: that motion (displacements, RMSD) and the rotamer states."""
         atoms = obs.free_atoms(system.mapping)
         elements = np.array([str(system.topology.atom(int(i)).element.symbol) for i in atoms])
         phases = obs.rotor_phases(np.concatenate(angles["reference"]))
@@ -237,7 +264,8 @@ class Evaluation:
                 "free_displacement_w1_nm": {str(e): wasserstein1(disp[:, elements == e], ref_disp[:, elements == e])
                                             for e in sorted(set(elements))},
             }
-        return out
+        states = {k: [obs.rotamer_states(a, phases) for a in v] for k, v in angles.items()}
+        return out, motion, states
 
     def write(self, out: str | Path) -> Path:
         """Write ``metrics.json``, figures and ``report.md`` into ``out``; returns the report path."""

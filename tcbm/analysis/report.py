@@ -49,7 +49,29 @@ def metrics_table(metrics: dict) -> str:
     for element in reference.get("free_displacement_js", {}):
         cells = [f"{metrics['datasets'][n]['free_displacement_js'][element]:.4f}" for n in names]
         lines.append(f"| CG-free {element}: frame-to-frame displacement JS | " + " | ".join(cells) + " |")
-    return "\n".join(lines + timescale_rows(metrics))
+    return "\n".join(lines + interval_rows(metrics) + timescale_rows(metrics))
+
+
+INTERVAL_ROWS = [("energy W1 (kJ/mol)", "energy_w1_kJmol", "{:.2f}"), ("velocity JS", "velocity_js", "{:.4f}"),
+                 ("rotor <cos dphi> max abs. error", "rotor_autocorrelation_max_error", "{:.2f}"),
+                 ("CG-free frame-to-frame RMSD (nm)", "free_rmsd_nm", "{:.4f}")]
+
+
+def interval_rows(metrics: dict) -> list[str]:
+    """Rows of the bootstrap's 95 % intervals (:mod:`tcbm.analysis.uncertainty`), for the data sets that have
+    them ("–" for the others), of the scalar scores and the CG-free displacement JS per element."""
+    entries = [metrics["datasets"][n].get("intervals_95") for n in metrics["datasets"]]
+    if not any(entries):
+        return []
+    keys = [*INTERVAL_ROWS, *[(f"CG-free {k.split(':')[1]}: displacement JS", k, "{:.4f}")
+                              for k in next(e for e in entries if e) if k.startswith("free_displacement_js:")]]
+    block = metrics["settings"].get("bootstrap_block_ps")
+    lines = []
+    for label, key, spec in keys:
+        cells = ["–" if not e or key not in e else f"[{spec.format(e[key][0])}, {spec.format(e[key][1])}]"
+                 for e in entries]
+        lines.append(f"| {label}, 95 % interval ({block:g} ps blocks) | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _macrostate_cell(entry: dict, k: int) -> str:
@@ -105,6 +127,10 @@ def write_report(metrics: dict, figures: dict[str, str], out: Path) -> Path:
         "reference's (reference quantile bins with under- and overflow bins, as for every JS here). A "
         "frame-based backmapper re-invents these atoms every frame; a temporally coherent one moves them like "
         "the reference.",
+        "Intervals: 95 % of a paired block bootstrap (blocks of consecutive held-out frames drawn with replacement, "
+        "the same blocks for every data set; only data sets that backmap the reference frame by frame): how far a "
+        "score could move with other held-out frames. A difference between two data sets within both intervals "
+        "is not resolved by these data.",
         "Macrostates: the metastable sets of the reference's MSM (PCCA+, numbered by decreasing population); every "
         "data set's frames are assigned through their own CVs, and the energy W1 within each set says where an "
         "energy error sits (e.g. a rare basin the model has seen little of).",
