@@ -27,6 +27,7 @@ from hydra import initialize_config_module
 
 from tcbm.analysis.baselines import time_shuffled
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
+from tcbm.analysis.uncertainty import PairedBlockBootstrap
 from tcbm.backmap import RolloutSettings
 from tcbm.benchmark import add_model_row_arguments, compared, results_page, target_row
 from tcbm.pipeline import backmap_with_baseline, parse_rollout_variant, parse_variant, simulate_runs, train_models
@@ -54,16 +55,16 @@ def temporal_errors(metrics: dict, name: str) -> dict[str, float]:
             **{f"CG-free {element} displacement JS": js for element, js in d["free_displacement_js"].items()}}
 
 
-def targets(metrics: dict, replicas: list[dict]) -> list[str]:
-    """The paper's claims and the model issue's bar as pass/fail lines for tcbm (``replicas``: the evaluation's
-    bootstrap replicas, for the intervals of the "closer than" differences)."""
+def targets(metrics: dict, bootstrap: PairedBlockBootstrap | None) -> list[str]:
+    """The paper's claims and the model issue's bar as pass/fail lines for tcbm (``bootstrap``: the evaluation's
+    paired block bootstrap, for the intervals of the "closer than" differences)."""
     d = metrics["datasets"]
     tcbm = d["tcbm"]
     resolved = d["reference"]["msm"].get("resolved", [])
     rel = [r for r, ok in zip(tcbm["msm"]["relative_error"], resolved) if ok]  # timescales resolved at the lag
     others = [d[k]["velocity_js"] for k in ("frame-based cVAE", "nearest-neighbour")]
     rotor_error = max(rotor_errors(metrics, "tcbm", min_lag_ps=20.0), default=None)
-    texts, worse = compared(temporal_errors, metrics, replicas, "tcbm", "frame-based cVAE")
+    texts, worse = compared(temporal_errors, metrics, bootstrap, "tcbm", "frame-based cVAE")
     cg_fixed = " (phi/psi are CG atoms: any CG-consistent backmapper passes)"
     return [
         target_row(f"energy W1 < kT ({KT:.2f} kJ/mol)", tcbm["energy_w1_kJmol"] < KT, f"{tcbm['energy_w1_kJmol']:.2f}"),
@@ -170,7 +171,7 @@ def main() -> None:
                  f"in alphaL; OBC implicit solvent, 300 K, 1 ps frames. Held-out reference: "
                  f"{phi_summary(reference, evaluation.frame_macrostates.get('reference'))}. Control row '{SHUFFLED}': the held-out frames in random order "
                  "(every per-frame score exact, no dynamics; its CG is shuffled too).")
-    page = results_page("ADP quality benchmark", data_line, evaluation.metrics, targets(evaluation.metrics, evaluation.bootstrap.replicas), timings,
+    page = results_page("ADP quality benchmark", data_line, evaluation.metrics, targets(evaluation.metrics, evaluation.bootstrap), timings,
                         device)
     (out / "results.md").write_text(page)
     print(json.dumps(timings, indent=1))

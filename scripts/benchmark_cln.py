@@ -23,6 +23,7 @@ import torch
 from hydra import initialize_config_module
 
 from tcbm.analysis.evaluate import Evaluation, EvaluationSettings
+from tcbm.analysis.uncertainty import PairedBlockBootstrap
 from tcbm.backmap import RolloutSettings
 from tcbm.benchmark import add_model_row_arguments, compared, results_page, target_row
 from tcbm.pipeline import backmap_with_baseline, parse_rollout_variant, parse_variant, simulate_runs, train_models
@@ -39,12 +40,12 @@ def chi_error(metrics: dict, name: str) -> float:
     return float(np.nanmean(errors)) if errors else float("nan")
 
 
-def targets(metrics: dict, replicas: list[dict]) -> list[str]:
-    """The chignolin targets as pass/fail lines for tcbm (``replicas``: the evaluation's bootstrap replicas, for
-    the interval of the chi kinetics difference)."""
+def targets(metrics: dict, bootstrap: PairedBlockBootstrap | None) -> list[str]:
+    """The chignolin targets as pass/fail lines for tcbm (``bootstrap``: the evaluation's paired block bootstrap,
+    for the interval of the chi kinetics difference)."""
     d = metrics["datasets"]
     tcbm, reference = d["tcbm"], d["reference"]
-    texts, worse = compared(lambda m, name: {"mean abs. error": chi_error(m, name)}, metrics, replicas, "tcbm",
+    texts, worse = compared(lambda m, name: {"mean abs. error": chi_error(m, name)}, metrics, bootstrap, "tcbm",
                             "frame-based cVAE")
     return [
         target_row("every stereocentre (7 chiral Calpha, 2 Thr Cbeta) as in the reference",
@@ -117,7 +118,7 @@ def main() -> None:
     notes = ["The TICA coordinates are functions of the Calpha distances, i.e. of the CG: a CG-consistent "
              "backmapper (CG RMSD 0) reproduces the FES and MSM rows by construction; the rows that tell methods "
              "apart are the all-atom ones (energies, bonds, stereocentres, clashes, rotors, CG-free motion).", ""]
-    page = results_page("Chignolin quality benchmark", data_line, evaluation.metrics, targets(evaluation.metrics, evaluation.bootstrap.replicas),
+    page = results_page("Chignolin quality benchmark", data_line, evaluation.metrics, targets(evaluation.metrics, evaluation.bootstrap),
                         timings, device, notes)
     (out / "results.md").write_text(page)
     print(json.dumps(timings, indent=1))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from tcbm.analysis.report import metrics_table
-from tcbm.analysis.uncertainty import difference_interval
+from tcbm.analysis.uncertainty import PairedBlockBootstrap, difference_interval
 
 FIGURES = ("energy", "velocity", "fes", "timescales", "eigenvector_similarity", "bond_lengths")
 
@@ -60,18 +60,18 @@ def target_row(name: str, met: bool, value: str) -> str:
     return f"| {name} | {value} | {'met' if met else 'not met'} |"
 
 
-def compared(errors: Callable[[dict, str], dict[str, float]], metrics: dict, replicas: list[dict], first: str,
-             second: str) -> tuple[list[str], list[str]]:
+def compared(errors: Callable[[dict, str], dict[str, float]], metrics: dict, bootstrap: PairedBlockBootstrap | None,
+             first: str, second: str) -> tuple[list[str], list[str]]:
     """Data set ``first`` against ``second`` on every measure of ``errors(metrics, name)`` (distances to the
-    reference, smaller is closer): one text per measure with both values and, given the evaluation's bootstrap
-    ``replicas``, the 95 % interval of the difference (first − second; :mod:`tcbm.analysis.uncertainty`), and
+    reference, smaller is closer): one text per measure with both values and, given the evaluation's
+    ``bootstrap``, the 95 % interval of the difference (first − second; :mod:`tcbm.analysis.uncertainty`), and
     the measures on which ``first`` is not closer (ties count against it), each marked resolved (interval
     above zero) or within the held-out scatter."""
     ours, theirs = errors(metrics, first), errors(metrics, second)
     texts, worse = [], []
     for key in ours:
-        interval = difference_interval(replicas, lambda r, name, key=key: errors({"datasets": r}, name)[key], first, second) \
-            if replicas else None
+        interval = None if bootstrap is None else difference_interval(
+            bootstrap, lambda scores, name, key=key: errors({"datasets": scores}, name)[key], first, second)
         texts.append(f"{key} {ours[key]:.4g} vs {theirs[key]:.4g}"
                      + ("" if interval is None else f" (difference [{interval[0]:+.2g}, {interval[1]:+.2g}])"))
         if not ours[key] < theirs[key]:

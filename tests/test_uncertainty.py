@@ -23,11 +23,8 @@ def test_a_replica_drawing_every_block_once_reproduces_the_evaluation(adp_traj, 
     halves = [ref[:60], ref[60:]]
     shuffled = [time_shuffled(h) for h in halves]
     evaluation = Evaluation(EvaluationSettings(**FAST)).fit(halves, {"shuffled": shuffled}, adp)
-    bootstrap = evaluation.bootstrap
-    every_block = np.arange(len(blocks([60, 60], 20)))  # 10 ps blocks of 0.5 ps frames
-    stats = bootstrap._statistics
-    rotor_names = list(evaluation.metrics["datasets"]["reference"]["rotor_autocorrelation"])
-    replica = PairedBlockBootstrap._scores(stats, every_block, rotor_names, 0.5)
+    replica = evaluation.bootstrap.estimate  # every block (10 ps of 0.5 ps frames) drawn once
+    assert len(blocks([60, 60], 20)) == 6
     for name in ("reference", "shuffled"):
         full = evaluation.metrics["datasets"][name]
         for key in SCALARS:
@@ -40,6 +37,13 @@ def test_a_replica_drawing_every_block_once_reproduces_the_evaluation(adp_traj, 
             assert np.allclose(replica[name]["rotor_autocorrelation"][rotor], values, rtol=1e-6, equal_nan=True)
     low, high = full["intervals_95"]["velocity_js"]
     assert low <= full["velocity_js"] <= high and high > low  # the shuffled copy's scores scatter between replicas
+
+
+def test_basic_interval_takes_back_the_replicas_shift():
+    from tcbm.analysis.uncertainty import basic_interval
+
+    # replicas centred 0.3 above the estimate (a divergence of resampled frames) and 0.2 wide
+    assert basic_interval(1.0, list(np.linspace(1.2, 1.4, 101)), 1.0) == pytest.approx((0.6, 0.8))
 
 
 def _series(rng, n_frames, scale):
@@ -60,7 +64,7 @@ def test_difference_intervals_resolve_a_real_gap_and_rarely_a_tie(scales, resolv
         series = {name: _series(rng, 4000, s) for name, s in zip(("reference", "far", "near"), scales)}
         bootstrap = PairedBlockBootstrap(block_ps=100.0, n_replicas=100, bins=20).fit(series, [], np.array([]), 1.0,
                                                                                       [1.0])
-        low, high = difference_interval(bootstrap.replicas, lambda r, name: r[name]["velocity_js"], "near", "far")
+        low, high = difference_interval(bootstrap, lambda scores, name: scores[name]["velocity_js"], "near", "far")
         below += high < 0
     assert below == resolved if resolved == 10 else below <= resolved
 

@@ -127,10 +127,10 @@ def write_report(metrics: dict, figures: dict[str, str], out: Path) -> Path:
         "reference's (reference quantile bins with under- and overflow bins, as for every JS here). A "
         "frame-based backmapper re-invents these atoms every frame; a temporally coherent one moves them like "
         "the reference.",
-        "Intervals: 95 % of a paired block bootstrap (blocks of consecutive held-out frames drawn with replacement, "
-        "the same blocks for every data set; only data sets that backmap the reference frame by frame): how far a "
-        "score could move with other held-out frames. A difference between two data sets within both intervals "
-        "is not resolved by these data.",
+        "Intervals: 95 % basic intervals of a paired block bootstrap (blocks of consecutive held-out frames drawn "
+        "with replacement, the same blocks for every data set; only data sets that backmap the reference frame by "
+        "frame): how far a score could move with other held-out frames of the same kind. They take back the upward "
+        "bias of a divergence estimated from finitely many frames, so a small JS can lie above its interval.",
         "Macrostates: the metastable sets of the reference's MSM (PCCA+, numbered by decreasing population); every "
         "data set's frames are assigned through their own CVs, and the energy W1 within each set says where an "
         "energy error sits (e.g. a rare basin the model has seen little of).",
