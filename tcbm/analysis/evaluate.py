@@ -250,12 +250,13 @@ class Evaluation:
         elements = np.array([str(system.topology.atom(int(i)).element.symbol) for i in atoms])
         phases = obs.rotor_phases(np.concatenate(angles["reference"]))
         motion = {k: [obs.free_atom_motion(t.xyz, system.mapping, atoms) for t in v] for k, v in segments.items()}
+        states = {k: [obs.rotamer_states(a, phases) for a in v] for k, v in angles.items()}
         ref_disp = np.concatenate([d for d, _ in motion["reference"]])
         out = {}
         for name in segments:
             disp = np.concatenate([d for d, _ in motion[name]])
             rmsd = np.concatenate([r for _, r in motion[name]])
-            rates = obs.hop_rates(angles[name], phases, dt)
+            rates = obs.state_hop_rates(states[name], dt)
             out[name] = {
                 "rotor_hops_per_ps": {r: float(v) for r, v in zip(rotor_names, rates)},
                 "free_rmsd_nm": float(rmsd.mean()) if len(rmsd) else None,
@@ -264,7 +265,6 @@ class Evaluation:
                 "free_displacement_w1_nm": {str(e): wasserstein1(disp[:, elements == e], ref_disp[:, elements == e])
                                             for e in sorted(set(elements))},
             }
-        states = {k: [obs.rotamer_states(a, phases) for a in v] for k, v in angles.items()}
         return out, motion, states
 
     def write(self, out: str | Path) -> Path:

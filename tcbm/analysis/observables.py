@@ -249,8 +249,13 @@ def hop_rates(angles: np.ndarray | list[np.ndarray], phases: np.ndarray, dt_ps: 
     """Rotamer changes per ps between consecutive frames, per rotor, of one dihedral series (frames, rotors)
     rad or pooled over several (no pair spans two of them)."""
     series = [angles] if isinstance(angles, np.ndarray) else list(angles)
-    hops = sum((s[1:] != s[:-1]).sum(axis=0) for s in (rotamer_states(a, phases) for a in series))
-    pairs = sum(max(len(a) - 1, 0) for a in series)
+    return state_hop_rates([rotamer_states(a, phases) for a in series], dt_ps)
+
+
+def state_hop_rates(states: list[np.ndarray], dt_ps: float) -> np.ndarray:
+    """:func:`hop_rates` of rotamer series ``states`` (frames, rotors) already assigned."""
+    hops = sum((s[1:] != s[:-1]).sum(axis=0) for s in states)
+    pairs = sum(max(len(s) - 1, 0) for s in states)
     return np.asarray(hops, dtype=float) / (dt_ps * max(pairs, 1))
 
 
