@@ -171,8 +171,8 @@ def main() -> None:
                  f"in alphaL; OBC implicit solvent, 300 K, 1 ps frames. Held-out reference: "
                  f"{phi_summary(reference, evaluation.frame_macrostates.get('reference'))}. Control row '{SHUFFLED}': the held-out frames in random order "
                  "(every per-frame score exact, no dynamics; its CG is shuffled too).")
-    page = results_page("ADP quality benchmark", data_line, evaluation.metrics, targets(evaluation.metrics, evaluation.bootstrap), timings,
-                        device)
+    page = results_page("ADP quality benchmark", data_line, evaluation.metrics,
+                        targets(evaluation.metrics, evaluation.bootstrap), timings, device)
     (out / "results.md").write_text(page)
     print(json.dumps(timings, indent=1))
     print(f"results: {out / 'results.md'}")

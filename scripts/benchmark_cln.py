@@ -118,8 +118,8 @@ def main() -> None:
     notes = ["The TICA coordinates are functions of the Calpha distances, i.e. of the CG: a CG-consistent "
              "backmapper (CG RMSD 0) reproduces the FES and MSM rows by construction; the rows that tell methods "
              "apart are the all-atom ones (energies, bonds, stereocentres, clashes, rotors, CG-free motion).", ""]
-    page = results_page("Chignolin quality benchmark", data_line, evaluation.metrics, targets(evaluation.metrics, evaluation.bootstrap),
-                        timings, device, notes)
+    page = results_page("Chignolin quality benchmark", data_line, evaluation.metrics,
+                        targets(evaluation.metrics, evaluation.bootstrap), timings, device, notes)
     (out / "results.md").write_text(page)
     print(json.dumps(timings, indent=1))
     print(f"results: {out / 'results.md'}")

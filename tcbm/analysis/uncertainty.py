@@ -144,8 +144,9 @@ class PairedBlockBootstrap:
                 "rotor_hops_per_ps": {r: float(v) for r, v in
                                       zip(rotor_names, s.hops[drawn].sum(0) / (dt_ps * max(pairs, 1.0)))},
                 "free_rmsd_nm": float(s.rmsd_sums[drawn].sum() / max(pairs, 1.0)),
-                "free_displacement_js": {e: js_divergence(c[drawn].sum(0), reference.displacement_counts[e][drawn].sum(0))
-                                         for e, c in s.displacement_counts.items()},
+                "free_displacement_js": {
+                    e: js_divergence(c[drawn].sum(0), reference.displacement_counts[e][drawn].sum(0))
+                    for e, c in s.displacement_counts.items()},
             }
         return out
 
