@@ -74,6 +74,17 @@ def test_stereo_fraction_counts_frames_with_a_mirrored_centre(adp_traj):
     assert l_chiral_fraction(trajectory) == pytest.approx(0.75)  # the same frames, by the Cα rule
 
 
+def test_stereo_fraction_can_also_fail_flattened_centres(cln):
+    """Squashing chignolin along z shrinks every signed volume by the factor: the sign (handedness) stays, so
+    only the volume threshold sees the flattened centres."""
+    reference = md.Trajectory(cln.reference_xyz[None], cln.topology)
+    squashed = md.Trajectory(cln.reference_xyz[None] * np.array([1.0, 1.0, 0.3], dtype=np.float32), cln.topology)
+    assert stereo_fraction(squashed, reference) == 1.0
+    assert stereo_fraction(squashed, reference, min_volume=0.5) == 0.0
+    assert stereo_fraction(squashed, reference, min_volume=0.25) == 1.0
+    assert stereo_fraction(reference, reference, min_volume=0.5) == 1.0
+
+
 def test_sidechain_rotors_of_chignolin_are_the_sp3_chi_dihedrals(cln, adp):
     from tcbm.analysis.observables import rotors, sidechain_rotors
 

@@ -22,6 +22,9 @@ from tcbm.analysis.uncertainty import PairedBlockBootstrap, SeriesData
 from tcbm.io import atomic_path
 from tcbm.systems import MolecularSystem
 
+#: a stereocentre counts as intact with at least this fraction of the reference's median signed volume (the
+#: reference's own 0.1 % quantile is ~0.7 of its median on chignolin at 350 K)
+INTACT_VOLUME = 0.5
 UNITS = {"energy": "kJ/mol", "length": "nm", "time": "ps", "speed": "nm/ps", "fes": "kJ/mol"}
 
 
@@ -181,6 +184,7 @@ class Evaluation:
                                                for k in ref_bond_means])),
                 "l_chiral_fraction": obs.l_chiral_fraction(traj),
                 "stereo_fraction": obs.stereo_fraction(traj, everything["reference"]),
+                "stereo_intact_fraction": obs.stereo_fraction(traj, everything["reference"], INTACT_VOLUME),
                 "clashes_per_frame": float(clashes.mean()),
                 "cis_peptides_per_frame": float(obs.cis_peptides_per_frame(traj).mean()),
                 "clash_frame_fraction": float((clashes > 0).mean()),

@@ -76,14 +76,18 @@ def l_chiral_fraction(traj: md.Trajectory) -> float:
     return float((signs > 0).all(axis=1).mean()) if signs.size else float("nan")
 
 
-def stereo_fraction(traj: md.Trajectory, reference: md.Trajectory) -> float:
+def stereo_fraction(traj: md.Trajectory, reference: md.Trajectory, min_volume: float = 0.0) -> float:
     """Fraction of frames in which every stereocentre (:mod:`tcbm.stereo`) has the handedness it has in most
-    of the ``reference`` frames (Cα and e.g. Thr Cβ; nan for a molecule without stereocentres)."""
+    of the ``reference`` frames (Cα and e.g. Thr Cβ; nan for a molecule without stereocentres) and a signed
+    volume of at least ``min_volume`` times the reference's median for that centre (0: the sign alone; 0.5
+    also fails centres flattened to less than half their tetrahedral volume, which the sign does not see)."""
     centres = stereocentres(traj.topology)
     if not len(centres):
         return float("nan")
-    expected = np.sign(np.median(signed_volumes(reference.xyz, centres), axis=0))
-    return float((np.sign(signed_volumes(traj.xyz, centres)) == expected).all(axis=1).mean())
+    reference_volumes = signed_volumes(reference.xyz, centres)
+    expected = np.sign(np.median(reference_volumes, axis=0))
+    volumes = signed_volumes(traj.xyz, centres) * expected  # positive: the reference's handedness
+    return float((volumes > min_volume * np.median(np.abs(reference_volumes), axis=0)).all(axis=1).mean())
 
 
 def peptide_omegas(topology: md.Topology) -> np.ndarray:

@@ -12,6 +12,7 @@ ROWS = [
     ("bond-length MAE (nm)", "bond_mae_nm", "{:.4f}"),
     ("L-chiral frames (%)", "l_chiral_fraction", "pct"),
     ("frames with every stereocentre as in the reference (%)", "stereo_fraction", "pct"),
+    ("... and none flattened below half the reference's volume (%)", "stereo_intact_fraction", "pct"),
     ("clashes per frame", "clashes_per_frame", "{:.3f}"),
     ("cis peptide bonds per frame", "cis_peptides_per_frame", "{:.3f}"),
     ("FES JS", "fes_js", "{:.4f}"),
