@@ -74,3 +74,15 @@ def test_unpaired_data_sets_are_refused():
     series = {"reference": _series(rng, 100, 1.0), "other": _series(rng, 90, 1.0)}
     with pytest.raises(ValueError, match="'other' has trajectories of \\[90\\] frames"):
         PairedBlockBootstrap().fit(series, [], np.array([]), 1.0, [1.0])
+
+
+@pytest.mark.parametrize("bad", [{"bootstrap_replicas": -1}, {"bootstrap_block_ps": 0.0}])
+def test_bad_bootstrap_settings_are_refused_before_any_work(bad):
+    with pytest.raises(ValueError, match="bootstrap"):
+        EvaluationSettings(**bad)
+
+
+def test_an_evaluation_without_paired_data_sets_has_no_intervals(adp_traj, adp):
+    ref = md.load(str(adp_traj[0]), top=str(adp_traj[1]))
+    evaluation = Evaluation(EvaluationSettings(**FAST)).fit(ref, {"shorter": ref[:80]}, adp)
+    assert evaluation.bootstrap is None and "intervals_95" not in evaluation.metrics["datasets"]["shorter"]

@@ -67,6 +67,9 @@ class EvaluationSettings:
     def __post_init__(self) -> None:
         if self.energies not in ("absolute", "centred"):
             raise ValueError(f"settings.energies must be 'absolute' or 'centred', got {self.energies!r}")
+        if self.bootstrap_replicas < 0 or self.bootstrap_block_ps <= 0:
+            raise ValueError(f"settings.bootstrap_replicas must be >= 0 (0: off) and settings.bootstrap_block_ps > 0 "
+                             f"ps, got {self.bootstrap_replicas} and {self.bootstrap_block_ps}")
 
 
 def frame_spacing(traj: md.Trajectory) -> float | None:
