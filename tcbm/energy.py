@@ -93,8 +93,8 @@ class MMEnergy(nn.Module):
                     raise ValueError("MMEnergy supports only GBSAOBCForce with NoCutoff")
                 solvent = force
             elif kind not in IGNORED_FORCES:
-                raise ValueError(f"MMEnergy does not support OpenMM force {kind}; build the System in vacuum or with OBC "
-                                 "implicit solvent (GBSAOBCForce)")
+                raise ValueError(f"MMEnergy does not support OpenMM force {kind}; build the System in vacuum or "
+                                 "with OBC implicit solvent (GBSAOBCForce)")
         self._register("bond", bonds, n_index=2)
         self._register("angle", angle_terms, n_index=3)
         self._register("torsion", torsions, n_index=4)

@@ -18,8 +18,9 @@ reference simulations, puts every X–H bond at its force-field length.
 
 Forces come from the force field with the reference simulations' ``implicit_solvent`` (OBC; None:
 vacuum, whose unscreened charges pull polar groups together within 0.1 ps), Lennard-Jones and Coulomb
-in their soft-core form (finite for overlapping atoms; exact to < 0.3 % at physical distances).  It is off by default; outputs made with it must be labelled as refined,
-because the energies are then partly the force field's work, not the model's.
+in their soft-core form (finite for overlapping atoms; exact to < 0.3 % at physical distances).  It is
+off by default; outputs made with it must be labelled as refined, because the energies are then partly
+the force field's work, not the model's.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ FIRE_GROW, FIRE_SHRINK, FIRE_ALPHA, FIRE_ALPHA_DECAY, FIRE_DELAY, FIRE_MAX_STEP 
 
 @dataclass(frozen=True)
 class RefinementSettings:
-    """``minimize_steps`` of FIRE then ``steps`` of Langevin dynamics per frame (``steps`` 0 = off) at ``temperature_K`` (K), step
-    ``timestep_ps`` (ps), friction ``friction_per_ps`` (1/ps); every atom's move per minimisation step
-    capped at ``max_move_nm`` (nm); forces with ``implicit_solvent`` ('obc' as in ``tcbm simulate``, or
-    None: vacuum)."""
+    """``minimize_steps`` of FIRE then ``steps`` of Langevin dynamics per frame (``steps`` 0 = off) at
+    ``temperature_K`` (K), step ``timestep_ps`` (ps), friction ``friction_per_ps`` (1/ps); every atom's move
+    per minimisation step capped at ``max_move_nm`` (nm); forces with ``implicit_solvent`` ('obc' as in
+    ``tcbm simulate``, or None: vacuum)."""
 
     steps: int = 0
     minimize_steps: int = 0
