@@ -1,6 +1,7 @@
 """The model artefact: one file with everything inference needs — network weights, latent GMM,
 system (topology, mapping, force field), grid settings, the seed library of training frames and, for models
-that learn rotor groups up to relabelling, the rotor-hop Markov chains."""
+that learn rotor groups up to relabelling, the rotor-hop Markov chains.  The stiff-coordinate model
+(:mod:`tcbm.stiff_coordinates`) is not stored: it is fitted from the library when a rollout first needs it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tcbm.io import atomic_path
 from tcbm.latent import LatentSampler
 from tcbm.model import BackmapCVAE
 from tcbm.rotor_hops import RotorHops
+from tcbm.stiff_coordinates import StiffCoordinates, fit_stiff_coordinates
 from tcbm.systems import MolecularSystem
 from tcbm.voxels import VoxelGrid
 
@@ -53,6 +55,15 @@ class BackmapModel:
         self.sampler, self.library, self.lag = sampler, library, lag
         self.metadata = metadata or {}
         self.rotor_hops = rotor_hops
+        self._stiff_coordinates: StiffCoordinates | None = None
+
+    def stiff_coordinates(self) -> StiffCoordinates:
+        """The model's stiff-coordinate processes (:func:`~tcbm.stiff_coordinates.fit_stiff_coordinates` on its
+        library, seeded: the same for every load of the same artefact), fitted on the first call."""
+        if self._stiff_coordinates is None:
+            self._stiff_coordinates = fit_stiff_coordinates(self.network, self.sampler, self.library,
+                                                            self.system.topology, self.system.mapping.weights.any(0))
+        return self._stiff_coordinates
 
     @property
     def grid(self) -> VoxelGrid:

@@ -66,9 +66,11 @@ class RolloutSettings:
     ``cuda_graph`` (replay each step as a captured CUDA graph on GPUs; ignored on CPU), the optional
     physics ``refinement`` of every frame (off unless ``refinement.steps`` > 0), ``rotor_hops`` (draw the
     CH3/NH3 rotamers from the model's rotor Markov chains, :mod:`tcbm.rotor_hops`, where it has them;
-    false keeps the labels the network outputs) and ``keep_stereo`` (put back every stereocentre the network
+    false keeps the labels the network outputs), ``keep_stereo`` (put back every stereocentre the network
     mirrored or flattened with respect to the previous frame, :class:`~tcbm.stereo.StereoKeeper`, so each keeps
-    the seed frame's handedness; false keeps the frames as decoded)."""
+    the seed frame's handedness; false keeps the frames as decoded) and ``stiff_coordinates`` (draw the bond
+    lengths, angles and narrow dihedrals of the CG-free atoms that hang off the rest of the molecule afresh
+    every frame, :mod:`tcbm.stiff_coordinates`; false keeps them as decoded)."""
 
     samples: int = 1
     latent: str = "gmm"
@@ -82,6 +84,7 @@ class RolloutSettings:
     refinement: RefinementSettings = field(default_factory=RefinementSettings)
     rotor_hops: bool = True
     keep_stereo: bool = True
+    stiff_coordinates: bool = True
 
     def __post_init__(self) -> None:
         if self.latent not in ("gmm", "prior"):
@@ -92,9 +95,11 @@ class RolloutSettings:
             raise ValueError("samples, batch_size and chunk_frames must be >= 1, got "
                              f"{self.samples}, {self.batch_size}, {self.chunk_frames}")
         check_autocast(self.autocast)
-        if not isinstance(self.rotor_hops, bool) or not isinstance(self.keep_stereo, bool):
-            raise ValueError(f"rotor_hops and keep_stereo must be true or false, got {self.rotor_hops!r} and "
-                             f"{self.keep_stereo!r}")
+        switches = {"rotor_hops": self.rotor_hops, "keep_stereo": self.keep_stereo,
+                    "stiff_coordinates": self.stiff_coordinates}
+        wrong = {k: v for k, v in switches.items() if not isinstance(v, bool)}
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} must be true or false, got {', '.join(map(repr, wrong.values()))}")
 
     def fingerprint(self) -> dict:
         """The settings that shape the frames (not batch size, device, graphs or progress bars; the refinement's
@@ -103,24 +108,26 @@ class RolloutSettings:
         return {"samples": self.samples, "latent": self.latent, "latent_temperature": self.latent_temperature,
                 "seed": self.seed, "chunk_frames": self.chunk_frames,
                 "autocast": self.autocast, "refinement": refinement, "rotor_hops": self.rotor_hops,
-                "keep_stereo": self.keep_stereo}
+                "keep_stereo": self.keep_stereo, "stiff_coordinates": self.stiff_coordinates}
 
 
 #: what a rollout does to the frames beyond its settings' say: raised when the same model, input and settings
 #: start making different frames, so reruns recompute older outputs (1: stereocentres put back as in the
-#: previous frame, :class:`~tcbm.stereo.StereoKeeper`)
-ROLLOUT_RECIPE = 1
+#: previous frame, :class:`~tcbm.stereo.StereoKeeper`; 2: stiff coordinates drawn, :mod:`tcbm.stiff_coordinates`)
+ROLLOUT_RECIPE = 2
 
 
 @dataclass
 class RandomStreams:
-    """The per-row random generators of a rollout: latents, refinement noise and rotor hops (empty when off)."""
+    """The per-row random generators of a rollout: latents, refinement noise, rotor hops and stiff coordinates
+    (empty when off)."""
 
     latent: list[torch.Generator]
     refine: list[torch.Generator]
     rotor: list[torch.Generator]
+    stiff: list[torch.Generator]
 
-    NAMES = ("latent", "refine", "rotor")
+    NAMES = ("latent", "refine", "rotor", "stiff")
 
     def state(self) -> dict[str, list[torch.Tensor]]:
         return {name: [g.get_state() for g in getattr(self, name)] for name in self.NAMES}
@@ -143,6 +150,7 @@ class Backmapper:
         self.refiner = Refiner(model.system, self.settings.refinement).to(self.device) \
             if self.settings.refinement.steps else None
         self.rotor_hops = model.rotor_hops if self.settings.rotor_hops else None
+        self.stiff = model.stiff_coordinates() if self.settings.stiff_coordinates else None
         stereo = StereoKeeper(model.system.topology, model.system.mapping.weights.any(0)) \
             if self.settings.keep_stereo else None
         self.stereo = stereo.to(self.device) if stereo is not None and len(stereo.rows) else None
@@ -164,21 +172,22 @@ class Backmapper:
         return superpose(prev_cg, cg0, carry=prev.reshape(len(cg0), -1, 3)).reshape(prev.shape)
 
     def streams(self, keys: Sequence[tuple[object, int]]) -> RandomStreams:
-        """One random stream per (input name, sample) for latents, one for refinement noise and one for rotor
-        hops, so results depend neither on batching nor on which process handles an input."""
+        """One random stream per (input name, sample) for latents, refinement noise, rotor hops and stiff
+        coordinates, so results depend neither on batching nor on which process handles an input."""
 
         def generators(stream: str) -> list[torch.Generator]:
             return [torch.Generator().manual_seed(zlib.crc32(f"{self.settings.seed}/{i}/{s}{stream}".encode()))
                     for i, s in keys]
 
         return RandomStreams(generators(""), generators("/refine") if self.refiner is not None else [],
-                             generators("/rotor") if self.rotor_hops is not None else [])
+                             generators("/rotor") if self.rotor_hops is not None else [],
+                             generators("/stiff") if self.stiff is not None else [])
 
     def _postprocess(self, streams: RandomStreams, corrected: torch.Tensor | None):
         """What :func:`roll` does to every decoded frame: mirrored stereocentres put back (counted per row
-        into ``corrected`` (B,), if given), the physics refinement, then the rotor hops, each drawing its
-        randomness from its own ``streams`` (None when all are off)."""
-        if self.stereo is None and self.refiner is None and self.rotor_hops is None:
+        into ``corrected`` (B,), if given), the physics refinement, the rotor hops, then the stiff coordinates,
+        each drawing its randomness from its own ``streams`` (None when all are off)."""
+        if self.stereo is None and self.refiner is None and self.rotor_hops is None and self.stiff is None:
             return None
         shape = self.refiner.noise_shape() if self.refiner is not None else None
         n_groups = 0 if self.rotor_hops is None else len(self.rotor_hops.groups)
@@ -199,6 +208,10 @@ class Backmapper:
             if self.rotor_hops is not None:
                 uniforms = torch.stack([torch.rand(n_groups, generator=g) for g in streams.rotor]).to(self.device)
                 frame = self.rotor_hops.step(frame, previous[:, 0], uniforms)
+            if self.stiff is not None:
+                normals = torch.stack([torch.randn(self.stiff.n_draws, generator=g, dtype=torch.float64)
+                                       for g in streams.stiff]).to(self.device)
+                frame = self.stiff.step(frame, previous[:, 0], normals)
             return frame
 
         return postprocess
@@ -466,6 +479,7 @@ def backmap_files(cfg) -> list[Path]:
                                seed=cfg.seed, batch_size=cfg.batch_size,
                                chunk_frames=cfg.chunk_frames, autocast=cfg.autocast, cuda_graph=cfg.cuda_graph,
                                progress=cfg.progress, rotor_hops=cfg.rotor_hops, keep_stereo=cfg.keep_stereo,
+                               stiff_coordinates=cfg.stiff_coordinates,
                                refinement=RefinementSettings(**OmegaConf.to_container(cfg.refine, resolve=True)))
     inputs = distributed_share(expand_paths(list(cfg.cg) if not isinstance(cfg.cg, str) else cfg.cg))
     model = BackmapModel.load(cfg.model)

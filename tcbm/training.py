@@ -104,8 +104,8 @@ def _selected_checkpoint(cfg: DictConfig, best: ModelCheckpoint, last: Path) -> 
 #: what ``tcbm train`` writes beyond the config's say: raised when the same config and data start making a
 #: different artefact, so reruns retrain older ones (2: the rotor-hop Markov chains; 3: rollout validation,
 #: and so model selection, turns the rotors with them as ``tcbm backmap`` does; 4: ... and keeps its
-#: stereocentres' handedness)
-RECIPE = 4
+#: stereocentres' handedness; 5: ... and draws the stiff coordinates, :mod:`tcbm.stiff_coordinates`)
+RECIPE = 5
 
 
 #: config keys added after artefacts had been made without them, each with the value that makes what was made

@@ -106,9 +106,10 @@ def test_hops_survive_save_and_load_and_drive_the_rollout(tmp_path, tiny_model, 
     assert loaded.fingerprint() == tiny_model_with_hops.fingerprint() != tiny_model.fingerprint()
     assert not (tiny_model_with_hops.rotor_hops.transition_matrices == np.eye(3)).all()  # the tiny run's methyls hop
     cg = [md.load(str(cg_inputs[0])).xyz]
-    plain = Backmapper(tiny_model, RolloutSettings(progress=False), "cpu").backmap(cg)[0]
-    off = Backmapper(tiny_model_with_hops, RolloutSettings(progress=False, rotor_hops=False), "cpu").backmap(cg)[0]
-    on = Backmapper(tiny_model_with_hops, RolloutSettings(progress=False), "cpu").backmap(cg)[0]
+    alone = {"progress": False, "stiff_coordinates": False}  # the hops alone: no stiff coordinates redrawn after them
+    plain = Backmapper(tiny_model, RolloutSettings(**alone), "cpu").backmap(cg)[0]
+    off = Backmapper(tiny_model_with_hops, RolloutSettings(**alone, rotor_hops=False), "cpu").backmap(cg)[0]
+    on = Backmapper(tiny_model_with_hops, RolloutSettings(**alone), "cpu").backmap(cg)[0]
     assert np.array_equal(off, plain)  # switched off: the network's frames as they are
     groups = tiny_model_with_hops.rotor_hops.groups
     others = np.setdiff1d(np.arange(on.shape[1]), groups.ravel())

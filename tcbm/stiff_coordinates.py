@@ -1,0 +1,306 @@
+"""Stiff coordinates: the fast vibrations of the CG-free atoms, drawn afresh every frame from the training data.
+
+At the data's lag (1 ps in the benchmarks) a bond length, a bond angle or a planar or tetrahedral dihedral has
+long forgotten its earlier value: it vibrates on a 10-100 fs time scale.  The reference's CG-free atoms therefore
+jitter from frame to frame about where the slow coordinates put them; a deterministic decoder outputs the
+conditional mean and moves them too little (``benchmarks/adp/free_atom_displacements.md``).
+
+The model: every CG-free atom that hangs off the rest of the molecule — the bond to the atom it is placed from
+is a bridge of the bond graph whose far side holds no CG-mapped atom — is placed in internal coordinates
+relative to three atoms placed before it (a Z-matrix row ``i, a, b, c``: ``a`` its bonded parent, ``b`` bonded to
+``a``, ``c`` bonded to ``a`` (an improper, preferred) or to ``b``): the bond length r = |i − a|, the angle θ = ∠(i,
+a, b) and the dihedral φ(i, a, b, c).  r and θ are always stiff, φ where its training distribution is narrow
+(circular standard deviation below ``max_dihedral_sd``: planar and tetrahedral arrangements, not rotors or
+rotamers).  Each stiff coordinate is an AR(1) process at the data's lag, q_t = μ + ρ (q_{t−1} − μ) + σ √(1 − ρ²) ξ
+with μ, σ, ρ fitted on the training pairs (previous, current frame), so its stationary distribution is the
+training data's and its memory the data's at that lag (ρ ≈ 0 for a 1 ps lag).  Soft dihedrals keep the decoded
+value; atoms beyond a placed atom (its branch) move rigidly with it before they are placed in turn.
+
+Assumed: stiff coordinates independent of each other and of the slow ones (a bond angle's mean does not follow
+the backbone's conformation).  Atoms with any weight in the CG mapping never move, so the CG is kept exactly.
+Lengths in nm, angles in rad.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import mdtraj as md
+import numpy as np
+import torch
+
+from tcbm.energy import angles, dihedrals
+from tcbm.latent import LatentSampler
+from tcbm.model import BackmapCVAE
+from tcbm.rollout import step
+from tcbm.systems import bonded_neighbours
+
+if TYPE_CHECKING:
+    from tcbm.artifact import SeedLibrary
+
+
+def placement_plan(topology: md.Topology, anchored: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The Z-matrix of the hanging atoms (see the module's text) of ``topology``, given the ``anchored`` atoms
+    (bool, N: those with CG weight): rows ``(i, a, b, c)`` (m, 4) in placement order and, per row, the atoms of
+    i's branch (beyond i, carried along rigidly when i is placed)."""
+    neighbours = {k: sorted(a.index for a in v) for k, v in bonded_neighbours(topology).items()}
+    anchored = np.asarray(anchored, dtype=bool)
+    parent, depth, order = {}, {}, []
+    queue = deque(int(i) for i in np.flatnonzero(anchored))
+    for i in queue:
+        depth[i] = 0
+    while queue:  # breadth first from the anchored atoms: every free atom's parent is one step nearer to them
+        atom = queue.popleft()
+        for other in neighbours.get(atom, []):
+            if other not in depth:
+                depth[other], parent[other] = depth[atom] + 1, atom
+                order.append(other)
+                queue.append(other)
+    hanging = {}  # atom -> its side of the bond to its parent, for every atom whose side holds no anchored atom
+    for i in order:
+        side = _side(neighbours, i, parent[i])
+        if parent[i] not in side and not anchored[list(side)].any():
+            hanging[i] = side
+    rows, branches = [], []
+    for i, side in hanging.items():
+        a = parent[i]
+        done = {row[0] for row in rows}
+        placed = [n for n in neighbours[a] if n != i and (n not in hanging or n in done)]
+        if not placed:
+            continue
+        b = parent[a] if a in parent and parent[a] in placed else min(placed, key=lambda n: (not anchored[n], n))
+        improper = [n for n in placed if n != b]
+        proper = [n for n in neighbours[b] if n not in (a, i) and (n not in hanging or n in done)]
+        if not improper + proper:
+            continue
+        c = min(improper or proper, key=lambda n: (not anchored[n], n))
+        rows.append((i, a, b, c))
+        branches.append(np.array(sorted(side - {i}), dtype=np.int64))
+    return np.array(rows, dtype=np.int64).reshape(-1, 4), branches
+
+
+def _side(neighbours: dict[int, list[int]], start: int, across: int) -> set[int]:
+    """The atoms reachable from ``start`` without using its bond to ``across``."""
+    seen, stack = {start}, [start]
+    while stack:
+        atom = stack.pop()
+        for other in neighbours.get(atom, []):
+            if (atom, other) != (start, across) and other not in seen:
+                seen.add(other)
+                stack.append(other)
+    return seen
+
+
+def internal_coordinates(xyz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(r nm, θ rad, φ rad) (..., m, 3) of the Z-matrix ``rows`` (m, 4) in frames ``xyz`` (..., N, 3)."""
+    i, a, b, c = rows.unbind(-1)
+    r = (xyz[..., i, :] - xyz[..., a, :]).norm(dim=-1)
+    return torch.stack([r, angles(xyz, i, a, b), dihedrals(xyz, i, a, b, c)], dim=-1)
+
+
+def place(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The position (..., 3) at bond length, angle and dihedral ``q`` (..., 3) from atoms ``a, b, c`` (..., 3):
+    |x − a| = r, ∠(x, a, b) = θ, dihedral(x, a, b, c) = φ."""
+    r, theta, phi = q.unbind(-1)
+    u = b - a
+    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w = c - b
+    w = w - (w * u).sum(-1, keepdim=True) * u  # c's direction perpendicular to the a-b axis
+    w = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    v = torch.linalg.cross(u, w)
+    radial = theta.cos()[..., None] * u + theta.sin()[..., None] * (phi.cos()[..., None] * w - phi.sin()[..., None] * v)
+    return a + r[..., None] * radial
+
+
+def _frame(origin: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Orthonormal axes (..., 3, 3) (rows) of the triangle origin-a-b: first towards a, second in the plane."""
+    e1 = a - origin
+    e1 = e1 / e1.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    e2 = b - origin
+    e2 = e2 - (e2 * e1).sum(-1, keepdim=True) * e1
+    e2 = e2 / e2.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return torch.stack([e1, e2, torch.linalg.cross(e1, e2)], dim=-2)
+
+
+def wrapped(angle: torch.Tensor) -> torch.Tensor:
+    """``angle`` rad wrapped into (−π, π]."""
+    return torch.atan2(angle.sin(), angle.cos())
+
+
+def stiff_values(xyz: torch.Tensor, rows: torch.Tensor, stiff: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """The stiff coordinates (..., D) of the Z-matrix ``rows`` in frames ``xyz`` (..., N, 3) as deviations from
+    ``centre`` (D,), dihedral deviations wrapped into (−π, π]."""
+    deviation = internal_coordinates(xyz, rows)[..., stiff] - centre
+    angular = torch.zeros_like(stiff)
+    angular[:, 2] = True
+    return torch.where(angular[stiff], wrapped(deviation), deviation)
+
+
+@dataclass(frozen=True)
+class StiffCoordinates:
+    """The fitted stiff-coordinate model: Z-matrix ``rows`` (m, 4) and ``branches`` (per row, the atoms carried
+    with it; see :func:`placement_plan`), which of each row's (r, θ, φ) are ``stiff`` (m, 3) — D in all — and
+    the linear-Gaussian regression of their reference values y on the regressors x, the decoded frame's stiff
+    coordinates and, if ``temporal``, the previous frame's, all as deviations from ``centre`` (D,) nm/rad (the
+    reference's means, circular for dihedrals):  y = ``intercept`` + ``coefficients`` · x + ``noise`` · ξ with
+    ``intercept`` (D,), ``coefficients`` (D, R), ``noise`` (D, D) lower-triangular (the residuals' covariance is
+    noise · noiseᵀ) and ξ standard normal."""
+
+    rows: np.ndarray
+    branches: list[np.ndarray]
+    stiff: np.ndarray
+    centre: np.ndarray
+    intercept: np.ndarray
+    coefficients: np.ndarray
+    noise: np.ndarray
+    temporal: bool
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        m = len(self.rows)
+        d = int(np.sum(self.stiff))
+        r = d * (2 if self.temporal else 1)
+        shapes = {"rows": (m, 4), "stiff": (m, 3), "centre": (d,), "intercept": (d,), "coefficients": (d, r),
+                  "noise": (d, d)}
+        for name, shape in shapes.items():
+            if np.shape(getattr(self, name)) != shape:
+                raise ValueError(f"StiffCoordinates.{name} must have shape {shape}, got {np.shape(getattr(self, name))}")
+        if len(self.branches) != m:
+            raise ValueError(f"StiffCoordinates: {m} rows but {len(self.branches)} branches")
+
+    @property
+    def n_draws(self) -> int:
+        """Standard-normal draws per frame: one per stiff coordinate."""
+        return int(np.sum(self.stiff))
+
+    def step(self, frame: torch.Tensor, previous: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        """``frame`` (B, N, 3) nm with its stiff coordinates drawn from the regression on their decoded values in
+        ``frame`` (and, if temporal, in ``previous`` (B, N, 3)), using standard ``normals`` (B, D), and its soft
+        ones kept; placed row by row, each row's branch turned rigidly with it."""
+        rows, stiff, centre, intercept, coefficients, noise = self._tensors(frame.device, frame.dtype)
+        if not len(rows):
+            return frame
+        regressors = [stiff_values(frame, rows, stiff, centre)]
+        if self.temporal:
+            regressors.append(stiff_values(previous, rows, stiff, centre))
+        x = torch.cat(regressors, dim=-1)
+        drawn = centre + intercept + x @ coefficients.T + normals.to(frame.dtype) @ noise.T
+        q = internal_coordinates(frame, rows)
+        q[:, stiff] = drawn
+        out = frame.clone()
+        for k, (i, a, b, c) in enumerate(self.rows.tolist()):
+            new = place(out[:, a], out[:, b], out[:, c], q[:, k])
+            branch = self.branches[k]
+            if len(branch):
+                turn = _frame(new, out[:, a], out[:, b]).transpose(-1, -2) @ _frame(out[:, i], out[:, a], out[:, b])
+                out[:, branch] = (out[:, branch] - out[:, i, None]) @ turn.transpose(-1, -2) + new[:, None]
+            out[:, i] = new
+        return out
+
+    def _tensors(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """The fitted arrays as tensors on ``device`` (floats in ``dtype``), made once per device and dtype."""
+        key = (device, dtype)
+        if key not in self._on_device:
+            self._on_device[key] = (torch.as_tensor(self.rows, device=device), torch.as_tensor(self.stiff, device=device),
+                                    *(torch.as_tensor(getattr(self, n), device=device, dtype=dtype)
+                                      for n in ("centre", "intercept", "coefficients", "noise")))
+        return self._on_device[key]
+
+    def to_dict(self) -> dict:
+        arrays = ("rows", "stiff", "centre", "intercept", "coefficients", "noise")
+        return {**{n: np.asarray(getattr(self, n)).tolist() for n in arrays},
+                "branches": [b.tolist() for b in self.branches], "temporal": self.temporal}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StiffCoordinates:
+        """Inverse of :meth:`to_dict`; shapes are checked as on construction."""
+        m, d_ = len(d["rows"]), int(np.sum(d["stiff"]))
+        r = d_ * (2 if d["temporal"] else 1)
+        shapes = {"rows": (m, 4), "stiff": (m, 3), "centre": (d_,), "intercept": (d_,), "coefficients": (d_, r),
+                  "noise": (d_, d_)}
+        types = {"rows": np.int64, "stiff": bool}
+        arrays = {n: np.asarray(d[n], dtype=types.get(n, np.float64)) for n in shapes}
+        arrays = {n: a.reshape(shapes[n]) if a.size == 0 else a for n, a in arrays.items()}  # empty lists lose shape
+        return cls(branches=[np.asarray(b, dtype=np.int64) for b in d["branches"]], temporal=bool(d["temporal"]),
+                   **arrays)
+
+
+class StiffCoordinateEstimator:
+    """Estimates :class:`StiffCoordinates`: ``fit(reference, decoded, previous, topology, anchored)`` then
+    ``fetch_model()``.  A dihedral is stiff if its circular standard deviation in the reference frames is below
+    ``max_dihedral_sd`` rad; ``ridge`` regularises the regression (relative to the regressors' mean variance)."""
+
+    def __init__(self, max_dihedral_sd: float = 0.5, ridge: float = 1e-6) -> None:
+        if not max_dihedral_sd > 0 or ridge < 0:
+            raise ValueError(f"max_dihedral_sd must be > 0 rad and ridge >= 0, got {max_dihedral_sd} and {ridge}")
+        self.max_dihedral_sd, self.ridge = max_dihedral_sd, ridge
+        self._model: StiffCoordinates | None = None
+
+    def fit(self, reference: np.ndarray, decoded: np.ndarray, previous: np.ndarray | None, topology: md.Topology,
+            anchored: np.ndarray) -> StiffCoordinateEstimator:
+        """Fit on matched frames (F, N, 3) nm: ``reference`` (the truth), ``decoded`` (the model's output for the
+        same condition) and, for a temporal model, ``previous`` (the frame each was decoded from; None for a
+        frame-based one); ``anchored`` (N,) bool: the atoms with CG weight, which never move."""
+        frames = [np.asarray(x, dtype=np.float64) for x in (reference, decoded) + (() if previous is None else (previous,))]
+        if len(frames[0]) < 2:
+            raise ValueError(f"need at least 2 frames to estimate stiff coordinates from, got {len(frames[0])}")
+        if any(np.shape(x) != (len(frames[0]), topology.n_atoms, 3) for x in frames) or \
+                np.shape(anchored) != (topology.n_atoms,):
+            raise ValueError(f"frames {[np.shape(x) for x in frames]} and anchored atoms {np.shape(anchored)} do not "
+                             f"fit the topology ({topology.n_atoms} atoms) or one another")
+        rows, branches = placement_plan(topology, anchored)
+        table = torch.as_tensor(rows)
+        q = internal_coordinates(torch.as_tensor(frames[0]), table).numpy()
+        mean = q.mean(0)
+        resultant = np.exp(1j * q[..., 2]).mean(0)
+        mean[:, 2] = np.angle(resultant)
+        stiff = np.ones_like(mean, dtype=bool)
+        stiff[:, 2] = np.sqrt(-2 * np.log(np.clip(np.abs(resultant), 1e-300, 1.0))) < self.max_dihedral_sd
+        centre = torch.as_tensor(mean[stiff])
+        y, *xs = (stiff_values(torch.as_tensor(x), table, torch.as_tensor(stiff), centre).numpy() for x in frames)
+        x = np.concatenate(xs, axis=1)
+        regressor_mean, y_mean = x.mean(0), y.mean(0)
+        xc, yc = x - regressor_mean, y - y_mean
+        gram = xc.T @ xc / len(x)
+        gram += self.ridge * max(float(np.trace(gram)) / len(gram), 1e-300) * np.eye(len(gram))
+        coefficients = np.linalg.solve(gram, xc.T @ yc / len(x)).T
+        residual = yc - xc @ coefficients.T
+        covariance = residual.T @ residual / len(x)
+        noise = np.linalg.cholesky(covariance + 1e-12 * max(float(np.trace(covariance)), 1e-300) * np.eye(len(covariance)))
+        intercept = y_mean - coefficients @ regressor_mean
+        self._model = StiffCoordinates(rows, branches, stiff, mean[stiff], intercept, coefficients, noise,
+                                       previous is not None)
+        return self
+
+    def fetch_model(self) -> StiffCoordinates:
+        if self._model is None:
+            raise RuntimeError("StiffCoordinateEstimator.fit has not been called")
+        return self._model
+
+
+#: how many seed-library triples a model's stiff coordinates are fitted on (evenly thinned)
+FIT_FRAMES = 4096
+
+
+@torch.inference_mode()
+def fit_stiff_coordinates(network: BackmapCVAE, sampler: LatentSampler, library: SeedLibrary, topology: md.Topology,
+                          anchored: np.ndarray, frames: int = FIT_FRAMES, seed: int = 0, batch: int = 256
+                          ) -> StiffCoordinates:
+    """The stiff-coordinate model of a trained ``network``: its library's training triples (up to ``frames``,
+    evenly thinned) decoded by the shared rollout step from their true previous frames with latents from
+    ``sampler`` (seeded), regressed against their true frames; temporal (the previous frame a regressor) for a
+    network with history."""
+    keep = np.unique(np.linspace(0, len(library.aa) - 1, min(frames, len(library.aa))).round().astype(int))
+    device = next(network.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    decoded = []
+    for start in range(0, len(keep), batch):
+        rows = keep[start:start + batch]
+        z = sampler.sample(len(rows), generator).to(device, torch.float32)
+        cg, previous = (torch.as_tensor(x[rows], device=device, dtype=torch.float32) for x in (library.cg, library.aa_prev))
+        decoded.append(step(network, cg, previous[:, :max(network.history, 1)], z).cpu().numpy())
+    previous = library.aa_prev[keep, 0] if network.history else None
+    estimator = StiffCoordinateEstimator().fit(library.aa[keep], np.concatenate(decoded), previous, topology, anchored)
+    return estimator.fetch_model()

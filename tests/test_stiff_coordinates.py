@@ -1,0 +1,134 @@
+"""Stiff coordinates: which atoms are placed, the Z-matrix round trip, the fitted regression's known answers
+(a perfect decoder is left alone; a decoder that outputs the mean gets the reference's spread back), the CG
+kept exactly, rotation invariance, bad input, and the rollout that draws them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tcbm.backmap import Backmapper, RolloutSettings
+from tcbm.stereo import signed_volumes, stereocentres
+from tcbm.stiff_coordinates import (
+    StiffCoordinateEstimator,
+    StiffCoordinates,
+    internal_coordinates,
+    place,
+    placement_plan,
+    stiff_values,
+)
+
+
+def anchored(system) -> np.ndarray:
+    return np.asarray(system.mapping.weights.any(0))
+
+
+def names(system, atoms) -> list[str]:
+    return [str(system.topology.atom(int(a))) for a in atoms]
+
+
+def perturbed(system, frames: int, sd_nm: float, seed: int) -> np.ndarray:
+    """The packaged structure with Gaussian noise (``sd_nm`` per coordinate) on every atom without CG weight."""
+    rng = np.random.default_rng(seed)
+    x = np.repeat(system.reference_xyz.astype(np.float64)[None], frames, axis=0)
+    return x + rng.normal(0.0, sd_nm, x.shape) * (~anchored(system))[None, :, None]
+
+
+def test_the_hanging_atoms_are_placed_from_atoms_placed_before_them(adp, cln):
+    rows, branches = placement_plan(adp.topology, anchored(adp))
+    free = np.flatnonzero(~anchored(adp))
+    assert sorted(rows[:, 0]) == list(free)  # every ADP atom without CG weight hangs off the backbone
+    assert names(adp, rows[0]) == ["ACE1-CH3", "ACE1-C", "ALA2-N", "ALA2-CA"]  # the omega-like dihedral
+    assert names(adp, branches[0]) == ["ACE1-H1", "ACE1-H2", "ACE1-H3"]  # carried with the methyl carbon
+    for k, (i, a, b, c) in enumerate(rows):
+        earlier = set(rows[:k, 0]) | set(np.flatnonzero(anchored(adp)))
+        assert {a, b, c} <= earlier and i not in (a, b, c)
+    rows, branches = placement_plan(cln.topology, anchored(cln))
+    placed = set(names(cln, rows[:, 0]))
+    # chignolin's CG is the Calpha trace: the backbone N and C are pinned between two of them and keep their
+    # decoded places; the Halpha, the side chains and the carbonyl O hang off and are placed
+    assert "TYR2-N" not in placed and "TYR2-C" not in placed and "TYR2-CA" not in placed
+    assert {"TYR2-HA", "TYR2-CB", "TYR2-O", "TRP9-CB"} <= placed
+    tyr_cb = names(cln, rows[:, 0]).index("TYR2-CB")
+    assert len(branches[tyr_cb]) == 14  # the rest of the side chain, ring included, moves with Cbeta
+
+
+def test_placing_from_internal_coordinates_gives_the_atom_back():
+    x = torch.randn(10, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    q = internal_coordinates(x, torch.tensor([[0, 1, 2, 3]]))
+    assert torch.allclose(place(x[:, 1], x[:, 2], x[:, 3], q[:, 0]), x[:, 0], atol=1e-12)
+
+
+def test_a_perfect_decoder_is_left_alone(adp):
+    frames = perturbed(adp, 400, 0.004, seed=0)
+    model = StiffCoordinateEstimator().fit(frames[1:], frames[1:], frames[:-1], adp.topology,
+                                           anchored(adp)).fetch_model()
+    normals = torch.randn(5, model.n_draws, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = model.step(torch.as_tensor(frames[1:6]), torch.as_tensor(frames[:5]), normals)
+    assert torch.allclose(out, torch.as_tensor(frames[1:6]), atol=1e-5)
+
+
+def test_a_mean_decoder_gets_the_reference_spread_back_and_the_cg_stays(adp):
+    reference = perturbed(adp, 3000, 0.004, seed=0)
+    mean_frame = np.repeat(adp.reference_xyz.astype(np.float64)[None], len(reference), axis=0)
+    model = StiffCoordinateEstimator().fit(reference, mean_frame, None, adp.topology, anchored(adp)).fetch_model()
+    assert not model.temporal
+    normals = torch.randn(len(reference), model.n_draws, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    out = model.step(torch.as_tensor(mean_frame), torch.as_tensor(mean_frame), normals)
+    table, stiff, centre = torch.as_tensor(model.rows), torch.as_tensor(model.stiff), torch.as_tensor(model.centre)
+    drawn, wanted = (stiff_values(torch.as_tensor(x), table, stiff, centre) for x in (out.numpy(), reference))
+    ratio = drawn.std(0) / wanted.std(0)
+    assert ((ratio > 0.9) & (ratio < 1.1)).all()  # 3,000 draws: the sd's statistical error is ~1.3 %
+    assert ((drawn.mean(0) - wanted.mean(0)).abs() < 0.1 * wanted.std(0)).all()
+    assert torch.equal(out[:, anchored(adp)], torch.as_tensor(mean_frame)[:, anchored(adp)])
+    centres = stereocentres(adp.topology)
+    assert (np.sign(signed_volumes(out.numpy(), centres)) == np.sign(signed_volumes(reference[:1], centres))).all()
+
+
+def test_a_step_turns_with_the_molecule(adp):
+    frames = perturbed(adp, 300, 0.004, seed=3)
+    decoded = perturbed(adp, 300, 0.004, seed=4)
+    model = StiffCoordinateEstimator().fit(frames[1:], decoded[1:], frames[:-1], adp.topology,
+                                           anchored(adp)).fetch_model()
+    rotation = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)))[0]
+    rotation = rotation * torch.linalg.det(rotation)  # proper
+    x, prev = torch.as_tensor(decoded[1:4]), torch.as_tensor(frames[:3])
+    normals = torch.randn(3, model.n_draws, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    assert torch.allclose(model.step(x @ rotation.T + 1.0, prev @ rotation.T + 1.0, normals),
+                          model.step(x, prev, normals) @ rotation.T + 1.0, atol=1e-9)
+
+
+def test_bad_input_is_rejected(adp):
+    frames = perturbed(adp, 10, 0.004, seed=0)
+    with pytest.raises(ValueError, match="do not fit"):
+        StiffCoordinateEstimator().fit(frames, frames[:, :5], None, adp.topology, anchored(adp))
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        StiffCoordinateEstimator().fit(frames[:1], frames[:1], None, adp.topology, anchored(adp))
+    with pytest.raises(ValueError, match="max_dihedral_sd"):
+        StiffCoordinateEstimator(max_dihedral_sd=0.0)
+    with pytest.raises(RuntimeError, match="not been called"):
+        StiffCoordinateEstimator().fetch_model()
+    model = StiffCoordinateEstimator().fit(frames, frames, None, adp.topology, anchored(adp)).fetch_model()
+    state = model.to_dict()
+    state["noise"] = state["noise"][:-1]
+    with pytest.raises(ValueError, match="noise must have shape"):
+        StiffCoordinates.from_dict(state)
+    with pytest.raises(ValueError, match="stiff_coordinates must be true or false"):
+        RolloutSettings(stiff_coordinates="yes")
+
+
+def test_the_rollout_draws_stiff_coordinates_from_the_artefacts_library(tiny_model, cg_inputs, adp):
+    import mdtraj as md
+
+    cg = [md.load(str(cg_inputs[0])).xyz]
+    on = Backmapper(tiny_model, RolloutSettings(progress=False)).backmap(cg)[0]
+    again = Backmapper(tiny_model, RolloutSettings(progress=False)).backmap(cg)[0]
+    off = Backmapper(tiny_model, RolloutSettings(progress=False, stiff_coordinates=False)).backmap(cg)[0]
+    assert np.array_equal(on, again)  # the fit and the draws are seeded
+    fixed = anchored(adp)
+    # frame 0 is decoded from the same seed frame either way: its CG atoms are as decoded, the others redrawn
+    assert np.array_equal(on[0, fixed], off[0, fixed])
+    assert np.abs(on[0, ~fixed] - off[0, ~fixed]).max() > 1e-3
+    model = tiny_model.stiff_coordinates()
+    assert model.temporal and model is tiny_model.stiff_coordinates()  # fitted once per artefact
