@@ -1,4 +1,4 @@
-"""Stiff coordinates: the fast vibrations of the CG-free atoms, drawn afresh every frame from the training data.
+"""Stiff coordinates: the fast vibrations of the CG-free atoms, drawn afresh every frame.
 
 At the data's lag (1 ps in the benchmarks) a bond length, a bond angle or a planar or tetrahedral dihedral has
 long forgotten its earlier value: it vibrates on a 10-100 fs time scale.  The reference's CG-free atoms therefore
@@ -9,16 +9,17 @@ The model: every CG-free atom that hangs off the rest of the molecule — the bo
 is a bridge of the bond graph whose far side holds no CG-mapped atom — is placed in internal coordinates
 relative to three atoms placed before it (a Z-matrix row ``i, a, b, c``: ``a`` its bonded parent, ``b`` bonded to
 ``a``, ``c`` bonded to ``a`` (an improper, preferred) or to ``b``): the bond length r = |i − a|, the angle θ = ∠(i,
-a, b) and the dihedral φ(i, a, b, c).  r and θ are always stiff, φ where its training distribution is narrow
+a, b) and the dihedral φ(i, a, b, c).  r and θ are always stiff, φ where its reference distribution is narrow
 (circular standard deviation below ``max_dihedral_sd``: planar and tetrahedral arrangements, not rotors or
-rotamers).  Each stiff coordinate is an AR(1) process at the data's lag, q_t = μ + ρ (q_{t−1} − μ) + σ √(1 − ρ²) ξ
-with μ, σ, ρ fitted on the training pairs (previous, current frame), so its stationary distribution is the
-training data's and its memory the data's at that lag (ρ ≈ 0 for a 1 ps lag).  Soft dihedrals keep the decoded
-value; atoms beyond a placed atom (its branch) move rigidly with it before they are placed in turn.
+rotamers).  The stiff coordinates y of a frame are drawn from a linear-Gaussian regression on their decoded
+values and, for a temporal model, on the previous frame's, y = b + B x + L ξ, fitted on training triples decoded
+from their true previous frames: the drawn values keep what the decoder knows about the condition, have the
+reference's covariance (the angles about one centre stay consistent with one another), and the residual part is
+new every frame.  Soft dihedrals keep the decoded value; atoms beyond a placed atom (its branch) move rigidly
+with it before they are placed in turn.
 
-Assumed: stiff coordinates independent of each other and of the slow ones (a bond angle's mean does not follow
-the backbone's conformation).  Atoms with any weight in the CG mapping never move, so the CG is kept exactly.
-Lengths in nm, angles in rad.
+Assumed: stiff coordinates Gaussian and linear in their decoded values.  Atoms with any weight in the CG mapping
+never move, so the CG is kept exactly.  Lengths in nm, angles in rad.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ if TYPE_CHECKING:
     from tcbm.artifact import SeedLibrary
 
 
-def placement_plan(topology: md.Topology, anchored: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def placement_plan(topology: md.Topology, anchored: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """The Z-matrix of the hanging atoms (see the module's text) of ``topology``, given the ``anchored`` atoms
-    (bool, N: those with CG weight): rows ``(i, a, b, c)`` (m, 4) in placement order and, per row, the atoms of
-    i's branch (beyond i, carried along rigidly when i is placed)."""
+    (bool, N: those with CG weight): rows ``(i, a, b, c)`` (m, 4) in placement order, per row the atoms of i's
+    branch (beyond i, carried along rigidly when i is placed), and the context pairs ``(row, p)`` (K, 2): every
+    neighbour p of a row's parent a other than i and b that never moves (not hanging), whose direction from a
+    in the row's frame tells where the atom belongs (e.g. Halpha's place depends on where the Calpha's C is)."""
     neighbours = {k: sorted(a.index for a in v) for k, v in bonded_neighbours(topology).items()}
     anchored = np.asarray(anchored, dtype=bool)
     parent, depth, order = {}, {}, []
@@ -63,7 +66,7 @@ def placement_plan(topology: md.Topology, anchored: np.ndarray) -> tuple[np.ndar
         side = _side(neighbours, i, parent[i])
         if parent[i] not in side and not anchored[list(side)].any():
             hanging[i] = side
-    rows, branches = [], []
+    rows, branches, context = [], [], []
     for i, side in hanging.items():
         a = parent[i]
         done = {row[0] for row in rows}
@@ -76,9 +79,10 @@ def placement_plan(topology: md.Topology, anchored: np.ndarray) -> tuple[np.ndar
         if not improper + proper:
             continue
         c = min(improper or proper, key=lambda n: (not anchored[n], n))
+        context.extend((len(rows), n) for n in neighbours[a] if n not in (i, b) and n not in hanging)
         rows.append((i, a, b, c))
         branches.append(np.array(sorted(side - {i}), dtype=np.int64))
-    return np.array(rows, dtype=np.int64).reshape(-1, 4), branches
+    return np.array(rows, dtype=np.int64).reshape(-1, 4), branches, np.array(context, dtype=np.int64).reshape(-1, 2)
 
 
 def _side(neighbours: dict[int, list[int]], start: int, across: int) -> set[int]:
@@ -104,14 +108,30 @@ def place(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, q: torch.Tensor) ->
     """The position (..., 3) at bond length, angle and dihedral ``q`` (..., 3) from atoms ``a, b, c`` (..., 3):
     |x − a| = r, ∠(x, a, b) = θ, dihedral(x, a, b, c) = φ."""
     r, theta, phi = q.unbind(-1)
+    u, w, v = row_axes(a, b, c).unbind(-2)
+    radial = theta.cos()[..., None] * u + theta.sin()[..., None] * (phi.cos()[..., None] * w - phi.sin()[..., None] * v)
+    return a + r[..., None] * radial
+
+
+def row_axes(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The axes (..., 3, 3) (rows: u, w, v) of a Z-matrix row's frame from atoms ``a, b, c`` (..., 3): u along
+    a → b, w the part of b → c perpendicular to u, v = u × w (see :func:`place`)."""
     u = b - a
     u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     w = c - b
-    w = w - (w * u).sum(-1, keepdim=True) * u  # c's direction perpendicular to the a-b axis
+    w = w - (w * u).sum(-1, keepdim=True) * u
     w = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    v = torch.linalg.cross(u, w)
-    radial = theta.cos()[..., None] * u + theta.sin()[..., None] * (phi.cos()[..., None] * w - phi.sin()[..., None] * v)
-    return a + r[..., None] * radial
+    return torch.stack([u, w, torch.linalg.cross(u, w)], dim=-2)
+
+
+def context_values(xyz: torch.Tensor, rows: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Direction cosines (..., 3K) of each context pair's atom p as seen from its row's parent a, in the row's
+    frame (:func:`row_axes`), in frames ``xyz`` (..., N, 3)."""
+    row = rows[context[:, 0]]
+    a, b, c, p = (xyz[..., k, :] for k in (row[:, 1], row[:, 2], row[:, 3], context[:, 1]))
+    direction = p - a
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return (row_axes(a, b, c) @ direction[..., None])[..., 0].flatten(-2)
 
 
 def _frame(origin: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -142,14 +162,16 @@ def stiff_values(xyz: torch.Tensor, rows: torch.Tensor, stiff: torch.Tensor, cen
 class StiffCoordinates:
     """The fitted stiff-coordinate model: Z-matrix ``rows`` (m, 4) and ``branches`` (per row, the atoms carried
     with it; see :func:`placement_plan`), which of each row's (r, θ, φ) are ``stiff`` (m, 3) — D in all — and
-    the linear-Gaussian regression of their reference values y on the regressors x, the decoded frame's stiff
-    coordinates and, if ``temporal``, the previous frame's, all as deviations from ``centre`` (D,) nm/rad (the
-    reference's means, circular for dihedrals):  y = ``intercept`` + ``coefficients`` · x + ``noise`` · ξ with
+    the linear-Gaussian regression of their reference values y on the regressors x: the decoded frame's stiff
+    coordinates, if ``temporal`` the previous frame's, both as deviations from ``centre`` (D,) nm/rad (the
+    reference's means, circular for dihedrals), and the decoded frame's :func:`context_values` of the ``context``
+    pairs (K, 2) (see :func:`placement_plan`):  y = ``intercept`` + ``coefficients`` · x + ``noise`` · ξ with
     ``intercept`` (D,), ``coefficients`` (D, R), ``noise`` (D, D) lower-triangular (the residuals' covariance is
     noise · noiseᵀ) and ξ standard normal."""
 
     rows: np.ndarray
     branches: list[np.ndarray]
+    context: np.ndarray
     stiff: np.ndarray
     centre: np.ndarray
     intercept: np.ndarray
@@ -159,16 +181,28 @@ class StiffCoordinates:
     _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        m = len(self.rows)
-        d = int(np.sum(self.stiff))
-        r = d * (2 if self.temporal else 1)
-        shapes = {"rows": (m, 4), "stiff": (m, 3), "centre": (d,), "intercept": (d,), "coefficients": (d, r),
-                  "noise": (d, d)}
+        shapes = self.shapes(len(self.rows), int(np.sum(self.stiff)), len(self.context), self.temporal)
         for name, shape in shapes.items():
             if np.shape(getattr(self, name)) != shape:
                 raise ValueError(f"StiffCoordinates.{name} must have shape {shape}, got {np.shape(getattr(self, name))}")
-        if len(self.branches) != m:
-            raise ValueError(f"StiffCoordinates: {m} rows but {len(self.branches)} branches")
+        if len(self.branches) != len(self.rows):
+            raise ValueError(f"StiffCoordinates: {len(self.rows)} rows but {len(self.branches)} branches")
+
+    @staticmethod
+    def shapes(m: int, d: int, k: int, temporal: bool) -> dict[str, tuple[int, ...]]:
+        """The arrays' shapes for m rows, d stiff coordinates and k context pairs."""
+        r = d * (2 if temporal else 1) + 3 * k
+        return {"rows": (m, 4), "context": (k, 2), "stiff": (m, 3), "centre": (d,), "intercept": (d,),
+                "coefficients": (d, r), "noise": (d, d)}
+
+    def regressors(self, frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """The regressors x (B, R) of decoded frames ``frame`` (B, N, 3) decoded from ``previous`` (B, N, 3)."""
+        rows, context, stiff, centre = self._tensors(frame.device, frame.dtype)[:4]
+        values = [stiff_values(frame, rows, stiff, centre)]
+        if self.temporal:
+            values.append(stiff_values(previous, rows, stiff, centre))
+        values.append(context_values(frame, rows, context))
+        return torch.cat(values, dim=-1)
 
     @property
     def n_draws(self) -> int:
@@ -179,13 +213,10 @@ class StiffCoordinates:
         """``frame`` (B, N, 3) nm with its stiff coordinates drawn from the regression on their decoded values in
         ``frame`` (and, if temporal, in ``previous`` (B, N, 3)), using standard ``normals`` (B, D), and its soft
         ones kept; placed row by row, each row's branch turned rigidly with it."""
-        rows, stiff, centre, intercept, coefficients, noise = self._tensors(frame.device, frame.dtype)
+        rows, _, stiff, centre, intercept, coefficients, noise = self._tensors(frame.device, frame.dtype)
         if not len(rows):
             return frame
-        regressors = [stiff_values(frame, rows, stiff, centre)]
-        if self.temporal:
-            regressors.append(stiff_values(previous, rows, stiff, centre))
-        x = torch.cat(regressors, dim=-1)
+        x = self.regressors(frame, previous)
         drawn = centre + intercept + x @ coefficients.T + normals.to(frame.dtype) @ noise.T
         q = internal_coordinates(frame, rows)
         q[:, stiff] = drawn
@@ -203,24 +234,21 @@ class StiffCoordinates:
         """The fitted arrays as tensors on ``device`` (floats in ``dtype``), made once per device and dtype."""
         key = (device, dtype)
         if key not in self._on_device:
-            self._on_device[key] = (torch.as_tensor(self.rows, device=device), torch.as_tensor(self.stiff, device=device),
+            self._on_device[key] = (*(torch.as_tensor(getattr(self, n), device=device) for n in ("rows", "context", "stiff")),
                                     *(torch.as_tensor(getattr(self, n), device=device, dtype=dtype)
                                       for n in ("centre", "intercept", "coefficients", "noise")))
         return self._on_device[key]
 
     def to_dict(self) -> dict:
-        arrays = ("rows", "stiff", "centre", "intercept", "coefficients", "noise")
+        arrays = ("rows", "context", "stiff", "centre", "intercept", "coefficients", "noise")
         return {**{n: np.asarray(getattr(self, n)).tolist() for n in arrays},
                 "branches": [b.tolist() for b in self.branches], "temporal": self.temporal}
 
     @classmethod
     def from_dict(cls, d: dict) -> StiffCoordinates:
         """Inverse of :meth:`to_dict`; shapes are checked as on construction."""
-        m, d_ = len(d["rows"]), int(np.sum(d["stiff"]))
-        r = d_ * (2 if d["temporal"] else 1)
-        shapes = {"rows": (m, 4), "stiff": (m, 3), "centre": (d_,), "intercept": (d_,), "coefficients": (d_, r),
-                  "noise": (d_, d_)}
-        types = {"rows": np.int64, "stiff": bool}
+        shapes = cls.shapes(len(d["rows"]), int(np.sum(d["stiff"])), len(d["context"]), bool(d["temporal"]))
+        types = {"rows": np.int64, "context": np.int64, "stiff": bool}
         arrays = {n: np.asarray(d[n], dtype=types.get(n, np.float64)) for n in shapes}
         arrays = {n: a.reshape(shapes[n]) if a.size == 0 else a for n, a in arrays.items()}  # empty lists lose shape
         return cls(branches=[np.asarray(b, dtype=np.int64) for b in d["branches"]], temporal=bool(d["temporal"]),
@@ -250,7 +278,7 @@ class StiffCoordinateEstimator:
                 np.shape(anchored) != (topology.n_atoms,):
             raise ValueError(f"frames {[np.shape(x) for x in frames]} and anchored atoms {np.shape(anchored)} do not "
                              f"fit the topology ({topology.n_atoms} atoms) or one another")
-        rows, branches = placement_plan(topology, anchored)
+        rows, branches, context = placement_plan(topology, anchored)
         table = torch.as_tensor(rows)
         q = internal_coordinates(torch.as_tensor(frames[0]), table).numpy()
         mean = q.mean(0)
@@ -260,7 +288,8 @@ class StiffCoordinateEstimator:
         stiff[:, 2] = np.sqrt(-2 * np.log(np.clip(np.abs(resultant), 1e-300, 1.0))) < self.max_dihedral_sd
         centre = torch.as_tensor(mean[stiff])
         y, *xs = (stiff_values(torch.as_tensor(x), table, torch.as_tensor(stiff), centre).numpy() for x in frames)
-        x = np.concatenate(xs, axis=1)
+        x = np.concatenate([*xs, context_values(torch.as_tensor(frames[1]), table, torch.as_tensor(context)).numpy()],
+                           axis=1)
         regressor_mean, y_mean = x.mean(0), y.mean(0)
         xc, yc = x - regressor_mean, y - y_mean
         gram = xc.T @ xc / len(x)
@@ -270,7 +299,7 @@ class StiffCoordinateEstimator:
         covariance = residual.T @ residual / len(x)
         noise = np.linalg.cholesky(covariance + 1e-12 * max(float(np.trace(covariance)), 1e-300) * np.eye(len(covariance)))
         intercept = y_mean - coefficients @ regressor_mean
-        self._model = StiffCoordinates(rows, branches, stiff, mean[stiff], intercept, coefficients, noise,
+        self._model = StiffCoordinates(rows, branches, context, stiff, mean[stiff], intercept, coefficients, noise,
                                        previous is not None)
         return self
 

@@ -36,15 +36,19 @@ def perturbed(system, frames: int, sd_nm: float, seed: int) -> np.ndarray:
 
 
 def test_the_hanging_atoms_are_placed_from_atoms_placed_before_them(adp, cln):
-    rows, branches = placement_plan(adp.topology, anchored(adp))
+    rows, branches, context = placement_plan(adp.topology, anchored(adp))
     free = np.flatnonzero(~anchored(adp))
     assert sorted(rows[:, 0]) == list(free)  # every ADP atom without CG weight hangs off the backbone
     assert names(adp, rows[0]) == ["ACE1-CH3", "ACE1-C", "ALA2-N", "ALA2-CA"]  # the omega-like dihedral
     assert names(adp, branches[0]) == ["ACE1-H1", "ACE1-H2", "ACE1-H3"]  # carried with the methyl carbon
+    # where the parent's other fixed neighbours lie in a row's frame: the amide H and the O sit in the plane of
+    # (and bisect) angles the CG sets, Halpha's place depends on where its Calpha's N, Cbeta and C are
+    assert [names(adp, [rows[k, 0], p]) for k, p in context] == [
+        ["ALA2-H", "ALA2-CA"], ["ALA2-HA", "ALA2-CB"], ["ALA2-HA", "ALA2-C"], ["ALA2-O", "NME3-N"]]
     for k, (i, a, b, c) in enumerate(rows):
         earlier = set(rows[:k, 0]) | set(np.flatnonzero(anchored(adp)))
         assert {a, b, c} <= earlier and i not in (a, b, c)
-    rows, branches = placement_plan(cln.topology, anchored(cln))
+    rows, branches, _ = placement_plan(cln.topology, anchored(cln))
     placed = set(names(cln, rows[:, 0]))
     # chignolin's CG is the Calpha trace: the backbone N and C are pinned between two of them and keep their
     # decoded places; the Halpha, the side chains and the carbonyl O hang off and are placed
