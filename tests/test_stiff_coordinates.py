@@ -4,6 +4,7 @@ kept exactly, rotation invariance, bad input, and the rollout that draws them.""
 
 from __future__ import annotations
 
+import mdtraj as md
 import numpy as np
 import pytest
 import torch
@@ -13,6 +14,7 @@ from tcbm.stereo import signed_volumes, stereocentres
 from tcbm.stiff_coordinates import (
     StiffCoordinateEstimator,
     StiffCoordinates,
+    context_values,
     internal_coordinates,
     place,
     placement_plan,
@@ -62,6 +64,20 @@ def test_placing_from_internal_coordinates_gives_the_atom_back():
     x = torch.randn(10, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     q = internal_coordinates(x, torch.tensor([[0, 1, 2, 3]]))
     assert torch.allclose(place(x[:, 1], x[:, 2], x[:, 3], q[:, 0]), x[:, 0], atol=1e-12)
+
+
+def test_context_directions_are_cosines_in_the_rows_frame(adp):
+    rows, _, context = placement_plan(adp.topology, anchored(adp))
+    x = torch.as_tensor(adp.reference_xyz, dtype=torch.float64)
+    values = context_values(x, torch.as_tensor(rows), torch.as_tensor(context)).reshape(-1, 3)
+    k, p = context[0]  # the amide H of Ala: frame (N, C of ACE, Calpha), context Calpha
+    i, a, b, c = rows[k]
+    assert c == p
+    angle = float(torch.rad2deg(torch.arccos(values[0, 0])))  # along N -> C(ACE): cos of the angle C-N-CA
+    wanted = float(np.degrees(md.compute_angles(md.Trajectory(adp.reference_xyz[None], adp.topology),
+                                                [[b, a, p]])[0, 0]))
+    assert angle == pytest.approx(wanted, abs=1e-4)
+    assert values[0, 2].abs() < 1e-9 and torch.allclose(values.norm(dim=-1), torch.ones(len(values), dtype=torch.float64))
 
 
 def test_a_perfect_decoder_is_left_alone(adp):
@@ -123,8 +139,6 @@ def test_bad_input_is_rejected(adp):
 
 
 def test_the_rollout_draws_stiff_coordinates_from_the_artefacts_library(tiny_model, cg_inputs, adp):
-    import mdtraj as md
-
     cg = [md.load(str(cg_inputs[0])).xyz]
     on = Backmapper(tiny_model, RolloutSettings(progress=False)).backmap(cg)[0]
     again = Backmapper(tiny_model, RolloutSettings(progress=False)).backmap(cg)[0]
