@@ -113,8 +113,9 @@ class RolloutSettings:
 
 #: what a rollout does to the frames beyond its settings' say: raised when the same model, input and settings
 #: start making different frames, so reruns recompute older outputs (1: stereocentres put back as in the
-#: previous frame, :class:`~tcbm.stereo.StereoKeeper`; 2: stiff coordinates drawn, :mod:`tcbm.stiff_coordinates`)
-ROLLOUT_RECIPE = 2
+#: previous frame, :class:`~tcbm.stereo.StereoKeeper`; 2: stiff coordinates drawn, :mod:`tcbm.stiff_coordinates`;
+#: 3: ... from regressors clipped to their fitted range; 4: stereocentres checked again after them)
+ROLLOUT_RECIPE = 4
 
 
 @dataclass
@@ -185,8 +186,9 @@ class Backmapper:
 
     def _postprocess(self, streams: RandomStreams, corrected: torch.Tensor | None):
         """What :func:`roll` does to every decoded frame: mirrored stereocentres put back (counted per row
-        into ``corrected`` (B,), if given), the physics refinement, the rotor hops, then the stiff coordinates,
-        each drawing its randomness from its own ``streams`` (None when all are off)."""
+        into ``corrected`` (B,), if given), the physics refinement, the rotor hops, then the stiff coordinates
+        (and the stereocentres checked again), each drawing its randomness from its own ``streams`` (None when all
+        are off)."""
         if self.stereo is None and self.refiner is None and self.rotor_hops is None and self.stiff is None:
             return None
         shape = self.refiner.noise_shape() if self.refiner is not None else None
@@ -211,7 +213,7 @@ class Backmapper:
             if self.stiff is not None:
                 normals = torch.stack([torch.randn(self.stiff.n_draws, generator=g, dtype=torch.float64)
                                        for g in streams.stiff]).to(self.device)
-                frame = self.stiff.step(frame, previous[:, 0], normals)
+                frame = keep_stereo(self.stiff.step(frame, previous[:, 0], normals), previous)  # placed across a plane
             return frame
 
         return postprocess

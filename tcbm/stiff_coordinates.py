@@ -167,7 +167,9 @@ class StiffCoordinates:
     reference's means, circular for dihedrals), and the decoded frame's :func:`context_values` of the ``context``
     pairs (K, 2) (see :func:`placement_plan`):  y = ``intercept`` + ``coefficients`` · x + ``noise`` · ξ with
     ``intercept`` (D,), ``coefficients`` (D, R), ``noise`` (D, D) lower-triangular (the residuals' covariance is
-    noise · noiseᵀ) and ξ standard normal."""
+    noise · noiseᵀ) and ξ standard normal.  Each regressor is first clipped to the range (``low``, ``high``) (R,)
+    it had in the fit: a linear model says nothing beyond its data, and a decoded frame far outside them (a
+    mirrored centre, a drifting rollout) must not be extrapolated into it."""
 
     rows: np.ndarray
     branches: list[np.ndarray]
@@ -177,6 +179,8 @@ class StiffCoordinates:
     intercept: np.ndarray
     coefficients: np.ndarray
     noise: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
     temporal: bool
     _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -193,7 +197,7 @@ class StiffCoordinates:
         """The arrays' shapes for m rows, d stiff coordinates and k context pairs."""
         r = d * (2 if temporal else 1) + 3 * k
         return {"rows": (m, 4), "context": (k, 2), "stiff": (m, 3), "centre": (d,), "intercept": (d,),
-                "coefficients": (d, r), "noise": (d, d)}
+                "coefficients": (d, r), "noise": (d, d), "low": (r,), "high": (r,)}
 
     def regressors(self, frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """The regressors x (B, R) of decoded frames ``frame`` (B, N, 3) decoded from ``previous`` (B, N, 3)."""
@@ -202,7 +206,8 @@ class StiffCoordinates:
         if self.temporal:
             values.append(stiff_values(previous, rows, stiff, centre))
         values.append(context_values(frame, rows, context))
-        return torch.cat(values, dim=-1)
+        low, high = self._tensors(frame.device, frame.dtype)[-2:]
+        return torch.maximum(torch.minimum(torch.cat(values, dim=-1), high), low)
 
     @property
     def n_draws(self) -> int:
@@ -213,7 +218,7 @@ class StiffCoordinates:
         """``frame`` (B, N, 3) nm with its stiff coordinates drawn from the regression on their decoded values in
         ``frame`` (and, if temporal, in ``previous`` (B, N, 3)), using standard ``normals`` (B, D), and its soft
         ones kept; placed row by row, each row's branch turned rigidly with it."""
-        rows, _, stiff, centre, intercept, coefficients, noise = self._tensors(frame.device, frame.dtype)
+        rows, _, stiff, centre, intercept, coefficients, noise = self._tensors(frame.device, frame.dtype)[:7]
         if not len(rows):
             return frame
         x = self.regressors(frame, previous)
@@ -236,11 +241,11 @@ class StiffCoordinates:
         if key not in self._on_device:
             self._on_device[key] = (*(torch.as_tensor(getattr(self, n), device=device) for n in ("rows", "context", "stiff")),
                                     *(torch.as_tensor(getattr(self, n), device=device, dtype=dtype)
-                                      for n in ("centre", "intercept", "coefficients", "noise")))
+                                      for n in ("centre", "intercept", "coefficients", "noise", "low", "high")))
         return self._on_device[key]
 
     def to_dict(self) -> dict:
-        arrays = ("rows", "context", "stiff", "centre", "intercept", "coefficients", "noise")
+        arrays = ("rows", "context", "stiff", "centre", "intercept", "coefficients", "noise", "low", "high")
         return {**{n: np.asarray(getattr(self, n)).tolist() for n in arrays},
                 "branches": [b.tolist() for b in self.branches], "temporal": self.temporal}
 
@@ -300,7 +305,7 @@ class StiffCoordinateEstimator:
         noise = np.linalg.cholesky(covariance + 1e-12 * max(float(np.trace(covariance)), 1e-300) * np.eye(len(covariance)))
         intercept = y_mean - coefficients @ regressor_mean
         self._model = StiffCoordinates(rows, branches, context, stiff, mean[stiff], intercept, coefficients, noise,
-                                       previous is not None)
+                                       x.min(0), x.max(0), previous is not None)
         return self
 
     def fetch_model(self) -> StiffCoordinates:

@@ -89,6 +89,19 @@ def test_a_perfect_decoder_is_left_alone(adp):
     assert torch.allclose(out, torch.as_tensor(frames[1:6]), atol=1e-5)
 
 
+def test_a_frame_outside_the_fit_is_not_extrapolated(adp):
+    frames = perturbed(adp, 400, 0.004, seed=0)
+    model = StiffCoordinateEstimator().fit(frames[1:], frames[1:], frames[:-1], adp.topology,
+                                           anchored(adp)).fetch_model()
+    oxygen, carbon = (next(a.index for a in adp.topology.atoms if str(a) == name) for name in ("ACE1-O", "ACE1-C"))
+    far = frames[1:2].copy()
+    far[0, oxygen] += 0.05 * (far[0, oxygen] - far[0, carbon]) / np.linalg.norm(far[0, oxygen] - far[0, carbon])
+    out = model.step(torch.as_tensor(far), torch.as_tensor(frames[:1]), torch.zeros(1, model.n_draws, dtype=torch.float64))
+    bond = float((out[0, oxygen] - out[0, carbon]).norm())
+    fitted = np.linalg.norm(frames[:, oxygen] - frames[:, carbon], axis=-1)
+    assert fitted.max() < 0.14 and bond <= fitted.max() + 1e-6  # a perfect decoder's fit would copy 0.17 nm
+
+
 def test_a_mean_decoder_gets_the_reference_spread_back_and_the_cg_stays(adp):
     reference = perturbed(adp, 3000, 0.004, seed=0)
     mean_frame = np.repeat(adp.reference_xyz.astype(np.float64)[None], len(reference), axis=0)
