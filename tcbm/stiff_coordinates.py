@@ -134,16 +134,6 @@ def context_values(xyz: torch.Tensor, rows: torch.Tensor, context: torch.Tensor)
     return (row_axes(a, b, c) @ direction[..., None])[..., 0].flatten(-2)
 
 
-def _frame(origin: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Orthonormal axes (..., 3, 3) (rows) of the triangle origin-a-b: first towards a, second in the plane."""
-    e1 = a - origin
-    e1 = e1 / e1.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    e2 = b - origin
-    e2 = e2 - (e2 * e1).sum(-1, keepdim=True) * e1
-    e2 = e2 / e2.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return torch.stack([e1, e2, torch.linalg.cross(e1, e2)], dim=-2)
-
-
 def wrapped(angle: torch.Tensor) -> torch.Tensor:
     """``angle`` rad wrapped into (−π, π]."""
     return torch.atan2(angle.sin(), angle.cos())
@@ -230,7 +220,8 @@ class StiffCoordinates:
             new = place(out[:, a], out[:, b], out[:, c], q[:, k])
             branch = self.branches[k]
             if len(branch):
-                turn = _frame(new, out[:, a], out[:, b]).transpose(-1, -2) @ _frame(out[:, i], out[:, a], out[:, b])
+                # the rigid motion that takes i's frame (i, a, b) before to after: its branch keeps its place in it
+                turn = row_axes(new, out[:, a], out[:, b]).transpose(-1, -2) @ row_axes(out[:, i], out[:, a], out[:, b])
                 out[:, branch] = (out[:, branch] - out[:, i, None]) @ turn.transpose(-1, -2) + new[:, None]
             out[:, i] = new
         return out
