@@ -1,4 +1,5 @@
-"""Geometry in torch: random rotations, Kabsch superposition and RMSD, interatomic distances (nm)."""
+"""Geometry in torch: random rotations, Kabsch superposition and RMSD, interatomic distances (nm), angle
+wrapping (rad)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,8 @@ def best_turn_angle(mobile: torch.Tensor, target: torch.Tensor, centre: torch.Te
 def squared_distances(x: torch.Tensor) -> torch.Tensor:
     """All squared interatomic distances (..., N, N) nm² of coordinates ``x`` (..., N, 3) nm."""
     return (x[..., :, None, :] - x[..., None, :, :]).pow(2).sum(-1)
+
+
+def wrapped(angle: torch.Tensor) -> torch.Tensor:
+    """``angle`` rad wrapped into (−π, π]."""
+    return torch.atan2(angle.sin(), angle.cos())

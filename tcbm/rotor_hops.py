@@ -33,6 +33,7 @@ from deeptime.markov import TransitionCountModel
 from deeptime.markov.msm import MaximumLikelihoodMSM
 
 from tcbm.energy import dihedrals
+from tcbm.geometry import wrapped
 from tcbm.symmetry import rotor_hydrogen_groups, turn_groups
 from tcbm.systems import bonded_neighbours
 
@@ -129,7 +130,7 @@ class RotorHops:
             return turn_groups(frame, groups, axes[:, :2], angle - hydrogen_dihedrals(frame, groups[:, :1], axes)[..., 0])
         centres = phases + WELL * drawn  # (B, g)
         offset = hydrogen_dihedrals(frame, groups, axes) - centres[..., None]  # (B, g, 3)
-        first = torch.atan2(offset.sin(), offset.cos()).abs().argmin(-1)  # (B, g)
+        first = wrapped(offset).abs().argmin(-1)  # (B, g)
         order = (first[..., None] + torch.arange(3, device=frame.device)) % 3  # cyclic: no reflection
         relabelled = frame[:, groups].gather(2, order[..., None].expand(-1, -1, -1, 3))  # (B, g, 3, 3)
         return frame.index_copy(1, groups.flatten(), relabelled.flatten(1, 2))

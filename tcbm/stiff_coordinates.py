@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from tcbm.energy import angles, dihedrals
+from tcbm.geometry import wrapped
 from tcbm.latent import LatentSampler
 from tcbm.model import BackmapCVAE
 from tcbm.rollout import step
@@ -134,11 +135,6 @@ def context_values(xyz: torch.Tensor, rows: torch.Tensor, context: torch.Tensor)
     return (row_axes(a, b, c) @ direction[..., None])[..., 0].flatten(-2)
 
 
-def wrapped(angle: torch.Tensor) -> torch.Tensor:
-    """``angle`` rad wrapped into (−π, π]."""
-    return torch.atan2(angle.sin(), angle.cos())
-
-
 def stiff_values(xyz: torch.Tensor, rows: torch.Tensor, stiff: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
     """The stiff coordinates (..., D) of the Z-matrix ``rows`` in frames ``xyz`` (..., N, 3) as deviations from
     ``centre`` (D,), dihedral deviations wrapped into (−π, π]."""
@@ -191,12 +187,11 @@ class StiffCoordinates:
 
     def regressors(self, frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """The regressors x (B, R) of decoded frames ``frame`` (B, N, 3) decoded from ``previous`` (B, N, 3)."""
-        rows, context, stiff, centre = self._tensors(frame.device, frame.dtype)[:4]
+        rows, context, stiff, centre, *_, low, high = self._tensors(frame.device, frame.dtype)
         values = [stiff_values(frame, rows, stiff, centre)]
         if self.temporal:
             values.append(stiff_values(previous, rows, stiff, centre))
         values.append(context_values(frame, rows, context))
-        low, high = self._tensors(frame.device, frame.dtype)[-2:]
         return torch.maximum(torch.minimum(torch.cat(values, dim=-1), high), low)
 
     @property
