@@ -59,10 +59,13 @@ class BackmapModel:
 
     def stiff_coordinates(self) -> StiffCoordinates:
         """The model's stiff-coordinate processes (:func:`~tcbm.stiff_coordinates.fit_stiff_coordinates` on its
-        library, seeded: the same for every load of the same artefact), fitted on the first call."""
+        library, seeded: the same for every load of the same artefact), fitted on the first call.  Rotor
+        hydrogens' dihedrals are drawn within their wells unless the rotor chains turn them (``turn``)."""
         if self._stiff_coordinates is None:
+            turned = self.rotor_hops is not None and self.rotor_hops.turn
             self._stiff_coordinates = fit_stiff_coordinates(self.network, self.sampler, self.library,
-                                                            self.system.topology, self.system.mapping.weights.any(0))
+                                                            self.system.topology, self.system.mapping.weights.any(0),
+                                                            np.zeros((0, 3), dtype=np.int64) if turned else None)
         return self._stiff_coordinates
 
     @property

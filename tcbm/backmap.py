@@ -114,8 +114,9 @@ class RolloutSettings:
 #: what a rollout does to the frames beyond its settings' say: raised when the same model, input and settings
 #: start making different frames, so reruns recompute older outputs (1: stereocentres put back as in the
 #: previous frame, :class:`~tcbm.stereo.StereoKeeper`; 2: stiff coordinates drawn, :mod:`tcbm.stiff_coordinates`;
-#: 3: ... from regressors clipped to their fitted range; 4: stereocentres checked again after them)
-ROLLOUT_RECIPE = 4
+#: 3: ... from regressors clipped to their fitted range; 4: stereocentres checked again after them; 5: rotor
+#: hydrogens' dihedrals drawn within their wells)
+ROLLOUT_RECIPE = 5
 
 
 @dataclass

@@ -11,11 +11,14 @@ relative to three atoms placed before it (a Z-matrix row ``i, a, b, c``: ``a`` i
 ``a``, ``c`` bonded to ``a`` (an improper, preferred) or to ``b``): the bond length r = |i − a|, the angle θ = ∠(i,
 a, b) and the dihedral φ(i, a, b, c).  r and θ are always stiff, φ where its reference distribution is narrow
 (circular standard deviation below ``max_dihedral_sd``: planar and tetrahedral arrangements, not rotors or
-rotamers).  The stiff coordinates y of a frame are drawn from a linear-Gaussian regression on their decoded
+rotamers).  The soft dihedral of a CH3/NH3 group's hydrogen is stiff modulo the group's three-fold symmetry: its
+offset from the nearest staggered minimum (within ±60°) is drawn, its well is kept (which well is the rotor
+chain's, :mod:`tcbm.rotor_hops`, or the decoder's): the libration inside a well is as fast as any angle's, and a
+nearly free rotor's decoded offset is no better than a guess.  The stiff coordinates y of a frame are drawn from a linear-Gaussian regression on their decoded
 values and, for a temporal model, on the previous frame's, y = b + B x + L ξ, fitted on training triples decoded
 from their true previous frames: the drawn values keep what the decoder knows about the condition, have the
 reference's covariance (the angles about one centre stay consistent with one another), and the residual part is
-new every frame.  Soft dihedrals keep the decoded value; atoms beyond a placed atom (its branch) move rigidly
+new every frame.  Other soft dihedrals keep the decoded value; atoms beyond a placed atom (its branch) move rigidly
 with it before they are placed in turn.
 
 Assumed: stiff coordinates Gaussian and linear in their decoded values.  Atoms with any weight in the CG mapping
@@ -37,6 +40,7 @@ from tcbm.geometry import wrapped
 from tcbm.latent import LatentSampler
 from tcbm.model import BackmapCVAE
 from tcbm.rollout import step
+from tcbm.symmetry import rotor_hydrogen_groups
 from tcbm.systems import bonded_neighbours
 
 if TYPE_CHECKING:
@@ -135,32 +139,39 @@ def context_values(xyz: torch.Tensor, rows: torch.Tensor, context: torch.Tensor)
     return (row_axes(a, b, c) @ direction[..., None])[..., 0].flatten(-2)
 
 
-def stiff_values(xyz: torch.Tensor, rows: torch.Tensor, stiff: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+def stiff_values(xyz: torch.Tensor, rows: torch.Tensor, stiff: torch.Tensor, centre: torch.Tensor,
+                 periods: torch.Tensor) -> torch.Tensor:
     """The stiff coordinates (..., D) of the Z-matrix ``rows`` in frames ``xyz`` (..., N, 3) as deviations from
-    ``centre`` (D,), dihedral deviations wrapped into (−π, π]."""
+    ``centre`` (D,), a row's dihedral deviation wrapped into (−π/p, π/p] for its period p (``periods`` (m,))."""
     deviation = internal_coordinates(xyz, rows)[..., stiff] - centre
+    period = torch.ones(stiff.shape, dtype=deviation.dtype, device=deviation.device)
+    period[:, 2] = periods
     angular = torch.zeros_like(stiff)
     angular[:, 2] = True
-    return torch.where(angular[stiff], wrapped(deviation), deviation)
+    period = period[stiff]
+    return torch.where(angular[stiff], wrapped(deviation * period) / period, deviation)
 
 
 @dataclass(frozen=True)
 class StiffCoordinates:
     """The fitted stiff-coordinate model: Z-matrix ``rows`` (m, 4) and ``branches`` (per row, the atoms carried
     with it; see :func:`placement_plan`), which of each row's (r, θ, φ) are ``stiff`` (m, 3) — D in all — and
+    the ``periods`` (m,) of the rows' dihedrals (3: a rotor hydrogen's, stiff within its well; else 1), and
     the linear-Gaussian regression of their reference values y on the regressors x: the decoded frame's stiff
     coordinates, if ``temporal`` the previous frame's, both as deviations from ``centre`` (D,) nm/rad (the
-    reference's means, circular for dihedrals), and the decoded frame's :func:`context_values` of the ``context``
+    reference's means, circular for dihedrals, modulo 2π/period; see :func:`stiff_values`), and the decoded frame's :func:`context_values` of the ``context``
     pairs (K, 2) (see :func:`placement_plan`):  y = ``intercept`` + ``coefficients`` · x + ``noise`` · ξ with
     ``intercept`` (D,), ``coefficients`` (D, R), ``noise`` (D, D) lower-triangular (the residuals' covariance is
     noise · noiseᵀ) and ξ standard normal.  Each regressor is first clipped to the range (``low``, ``high``) (R,)
     it had in the fit: a linear model says nothing beyond its data, and a decoded frame far outside them (a
-    mirrored centre, a drifting rollout) must not be extrapolated into it."""
+    mirrored centre, a drifting rollout) must not be extrapolated into it.  A frame's stiff coordinates become
+    its decoded ones minus their deviations plus the drawn deviations: a periodic dihedral keeps its well."""
 
     rows: np.ndarray
     branches: list[np.ndarray]
     context: np.ndarray
     stiff: np.ndarray
+    periods: np.ndarray
     centre: np.ndarray
     intercept: np.ndarray
     coefficients: np.ndarray
@@ -182,16 +193,22 @@ class StiffCoordinates:
     def shapes(m: int, d: int, k: int, temporal: bool) -> dict[str, tuple[int, ...]]:
         """The arrays' shapes for m rows, d stiff coordinates and k context pairs."""
         r = d * (2 if temporal else 1) + 3 * k
-        return {"rows": (m, 4), "context": (k, 2), "stiff": (m, 3), "centre": (d,), "intercept": (d,),
+        return {"rows": (m, 4), "context": (k, 2), "stiff": (m, 3), "periods": (m,), "centre": (d,), "intercept": (d,),
                 "coefficients": (d, r), "noise": (d, d), "low": (r,), "high": (r,)}
 
     def regressors(self, frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """The regressors x (B, R) of decoded frames ``frame`` (B, N, 3) decoded from ``previous`` (B, N, 3)."""
-        rows, context, stiff, centre, *_, low, high = self._tensors(frame.device, frame.dtype)
-        values = [stiff_values(frame, rows, stiff, centre)]
-        if self.temporal:
-            values.append(stiff_values(previous, rows, stiff, centre))
-        values.append(context_values(frame, rows, context))
+        return self._regressors(self.deviations(frame), frame, previous)
+
+    def deviations(self, frame: torch.Tensor) -> torch.Tensor:
+        """The stiff coordinates (B, D) of frames ``frame`` (B, N, 3) as deviations (:func:`stiff_values`)."""
+        rows, _, stiff, periods, centre = self._tensors(frame.device, frame.dtype)[:5]
+        return stiff_values(frame, rows, stiff, centre, periods)
+
+    def _regressors(self, own: torch.Tensor, frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """:meth:`regressors` given ``frame``'s own :meth:`deviations` ``own``."""
+        rows, context, *_, low, high = self._tensors(frame.device, frame.dtype)
+        values = [own, *([self.deviations(previous)] if self.temporal else []), context_values(frame, rows, context)]
         return torch.maximum(torch.minimum(torch.cat(values, dim=-1), high), low)
 
     @property
@@ -203,13 +220,13 @@ class StiffCoordinates:
         """``frame`` (B, N, 3) nm with its stiff coordinates drawn from the regression on their decoded values in
         ``frame`` (and, if temporal, in ``previous`` (B, N, 3)), using standard ``normals`` (B, D), and its soft
         ones kept; placed row by row, each row's branch turned rigidly with it."""
-        rows, _, stiff, centre, intercept, coefficients, noise = self._tensors(frame.device, frame.dtype)[:7]
+        rows, _, stiff, _, _, intercept, coefficients, noise = self._tensors(frame.device, frame.dtype)[:8]
         if not len(rows):
             return frame
-        x = self.regressors(frame, previous)
-        drawn = centre + intercept + x @ coefficients.T + normals.to(frame.dtype) @ noise.T
+        own = self.deviations(frame)
+        drawn = intercept + self._regressors(own, frame, previous) @ coefficients.T + normals.to(frame.dtype) @ noise.T
         q = internal_coordinates(frame, rows)
-        q[:, stiff] = drawn
+        q[:, stiff] += drawn - own
         out = frame.clone()
         for k, (i, a, b, c) in enumerate(self.rows.tolist()):
             new = place(out[:, a], out[:, b], out[:, c], q[:, k])
@@ -227,11 +244,11 @@ class StiffCoordinates:
         if key not in self._on_device:
             self._on_device[key] = (*(torch.as_tensor(getattr(self, n), device=device) for n in ("rows", "context", "stiff")),
                                     *(torch.as_tensor(getattr(self, n), device=device, dtype=dtype)
-                                      for n in ("centre", "intercept", "coefficients", "noise", "low", "high")))
+                                      for n in ("periods", "centre", "intercept", "coefficients", "noise", "low", "high")))
         return self._on_device[key]
 
     def to_dict(self) -> dict:
-        arrays = ("rows", "context", "stiff", "centre", "intercept", "coefficients", "noise", "low", "high")
+        arrays = ("rows", "context", "stiff", "periods", "centre", "intercept", "coefficients", "noise", "low", "high")
         return {**{n: np.asarray(getattr(self, n)).tolist() for n in arrays},
                 "branches": [b.tolist() for b in self.branches], "temporal": self.temporal}
 
@@ -239,7 +256,7 @@ class StiffCoordinates:
     def from_dict(cls, d: dict) -> StiffCoordinates:
         """Inverse of :meth:`to_dict`; shapes are checked as on construction."""
         shapes = cls.shapes(len(d["rows"]), int(np.sum(d["stiff"])), len(d["context"]), bool(d["temporal"]))
-        types = {"rows": np.int64, "context": np.int64, "stiff": bool}
+        types = {"rows": np.int64, "context": np.int64, "stiff": bool, "periods": np.int64}
         arrays = {n: np.asarray(d[n], dtype=types.get(n, np.float64)) for n in shapes}
         arrays = {n: a.reshape(shapes[n]) if a.size == 0 else a for n, a in arrays.items()}  # empty lists lose shape
         return cls(branches=[np.asarray(b, dtype=np.int64) for b in d["branches"]], temporal=bool(d["temporal"]),
@@ -247,9 +264,10 @@ class StiffCoordinates:
 
 
 class StiffCoordinateEstimator:
-    """Estimates :class:`StiffCoordinates`: ``fit(reference, decoded, previous, topology, anchored)`` then
+    """Estimates :class:`StiffCoordinates`: ``fit(reference, decoded, previous, topology, anchored, rotors)`` then
     ``fetch_model()``.  A dihedral is stiff if its circular standard deviation in the reference frames is below
-    ``max_dihedral_sd`` rad; ``ridge`` regularises the regression (relative to the regressors' mean variance)."""
+    ``max_dihedral_sd`` rad, a rotor hydrogen's always (modulo 120°); ``ridge`` regularises the regression
+    (relative to the regressors' mean variance)."""
 
     def __init__(self, max_dihedral_sd: float = 0.5, ridge: float = 1e-6) -> None:
         if not max_dihedral_sd > 0 or ridge < 0:
@@ -258,10 +276,12 @@ class StiffCoordinateEstimator:
         self._model: StiffCoordinates | None = None
 
     def fit(self, reference: np.ndarray, decoded: np.ndarray, previous: np.ndarray | None, topology: md.Topology,
-            anchored: np.ndarray) -> StiffCoordinateEstimator:
+            anchored: np.ndarray, rotors: np.ndarray | None = None) -> StiffCoordinateEstimator:
         """Fit on matched frames (F, N, 3) nm: ``reference`` (the truth), ``decoded`` (the model's output for the
         same condition) and, for a temporal model, ``previous`` (the frame each was decoded from; None for a
-        frame-based one); ``anchored`` (N,) bool: the atoms with CG weight, which never move."""
+        frame-based one); ``anchored`` (N,) bool: the atoms with CG weight, which never move; ``rotors`` (g, 3):
+        the hydrogens of the three-fold rotor groups whose soft dihedrals are stiff within their wells (None:
+        every CH3/NH3 group, :func:`tcbm.symmetry.rotor_hydrogen_groups`; empty: none)."""
         frames = [np.asarray(x, dtype=np.float64) for x in (reference, decoded) + (() if previous is None else (previous,))]
         if len(frames[0]) < 2:
             raise ValueError(f"need at least 2 frames to estimate stiff coordinates from, got {len(frames[0])}")
@@ -274,11 +294,15 @@ class StiffCoordinateEstimator:
         q = internal_coordinates(torch.as_tensor(frames[0]), table).numpy()
         mean = q.mean(0)
         resultant = np.exp(1j * q[..., 2]).mean(0)
-        mean[:, 2] = np.angle(resultant)
         stiff = np.ones_like(mean, dtype=bool)
         stiff[:, 2] = np.sqrt(-2 * np.log(np.clip(np.abs(resultant), 1e-300, 1.0))) < self.max_dihedral_sd
+        rotors = rotor_hydrogen_groups(topology) if rotors is None else np.asarray(rotors, dtype=np.int64)
+        periods = np.where(~stiff[:, 2] & np.isin(rows[:, 0], rotors), 3, 1)
+        stiff[:, 2] |= periods == 3
+        mean[:, 2] = np.angle(np.exp(1j * periods * q[..., 2]).mean(0)) / periods
         centre = torch.as_tensor(mean[stiff])
-        y, *xs = (stiff_values(torch.as_tensor(x), table, torch.as_tensor(stiff), centre).numpy() for x in frames)
+        y, *xs = (stiff_values(torch.as_tensor(x), table, torch.as_tensor(stiff), centre, torch.as_tensor(periods)).numpy()
+                  for x in frames)
         x = np.concatenate([*xs, context_values(torch.as_tensor(frames[1]), table, torch.as_tensor(context)).numpy()],
                            axis=1)
         regressor_mean, y_mean = x.mean(0), y.mean(0)
@@ -290,8 +314,8 @@ class StiffCoordinateEstimator:
         covariance = residual.T @ residual / len(x)
         noise = np.linalg.cholesky(covariance + 1e-12 * max(float(np.trace(covariance)), 1e-300) * np.eye(len(covariance)))
         intercept = y_mean - coefficients @ regressor_mean
-        self._model = StiffCoordinates(rows, branches, context, stiff, mean[stiff], intercept, coefficients, noise,
-                                       x.min(0), x.max(0), previous is not None)
+        self._model = StiffCoordinates(rows, branches, context, stiff, periods, mean[stiff], intercept, coefficients,
+                                       noise, x.min(0), x.max(0), previous is not None)
         return self
 
     def fetch_model(self) -> StiffCoordinates:
@@ -306,12 +330,12 @@ FIT_FRAMES = 4096
 
 @torch.inference_mode()
 def fit_stiff_coordinates(network: BackmapCVAE, sampler: LatentSampler, library: SeedLibrary, topology: md.Topology,
-                          anchored: np.ndarray, frames: int = FIT_FRAMES, seed: int = 0, batch: int = 256
-                          ) -> StiffCoordinates:
+                          anchored: np.ndarray, rotors: np.ndarray | None = None, frames: int = FIT_FRAMES,
+                          seed: int = 0, batch: int = 256) -> StiffCoordinates:
     """The stiff-coordinate model of a trained ``network``: its library's training triples (up to ``frames``,
     evenly thinned) decoded by the shared rollout step from their true previous frames with latents from
     ``sampler`` (seeded), regressed against their true frames; temporal (the previous frame a regressor) for a
-    network with history."""
+    network with history; ``rotors`` as in :meth:`StiffCoordinateEstimator.fit`."""
     keep = np.unique(np.linspace(0, len(library.aa) - 1, min(frames, len(library.aa))).round().astype(int))
     device = next(network.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -322,5 +346,6 @@ def fit_stiff_coordinates(network: BackmapCVAE, sampler: LatentSampler, library:
         cg, previous = (torch.as_tensor(x[rows], device=device, dtype=torch.float32) for x in (library.cg, library.aa_prev))
         decoded.append(step(network, cg, previous[:, :max(network.history, 1)], z).cpu().numpy())
     previous = library.aa_prev[keep, 0] if network.history else None
-    estimator = StiffCoordinateEstimator().fit(library.aa[keep], np.concatenate(decoded), previous, topology, anchored)
+    estimator = StiffCoordinateEstimator().fit(library.aa[keep], np.concatenate(decoded), previous, topology, anchored,
+                                               rotors)
     return estimator.fetch_model()

@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
 from tcbm.artifact import BackmapModel, SeedLibrary
+from tcbm.backmap import ROLLOUT_RECIPE
 from tcbm.constraints import resolve_network
 from tcbm.data import BackmapDataModule, TripleDataset
 from tcbm.fingerprint import digest, file_digest
@@ -104,7 +105,8 @@ def _selected_checkpoint(cfg: DictConfig, best: ModelCheckpoint, last: Path) -> 
 #: what ``tcbm train`` writes beyond the config's say: raised when the same config and data start making a
 #: different artefact, so reruns retrain older ones (2: the rotor-hop Markov chains; 3: rollout validation,
 #: and so model selection, turns the rotors with them as ``tcbm backmap`` does; 4: ... and keeps its
-#: stereocentres' handedness; 5: ... and draws the stiff coordinates, :mod:`tcbm.stiff_coordinates`)
+#: stereocentres' handedness; 5: ... and draws the stiff coordinates, :mod:`tcbm.stiff_coordinates`).  What
+#: rollouts do is :data:`tcbm.backmap.ROLLOUT_RECIPE`, also in the fingerprint: model selection rolls out.
 RECIPE = 5
 
 
@@ -117,8 +119,9 @@ ADDED_KEYS = {"model.loss.chirality_margin": 0.0, "model.loss.energy_max_pull": 
 
 def training_fingerprint(cfg: DictConfig) -> dict:
     """What a trained model depends on: the resolved config (its output folder aside, and each of
-    :data:`ADDED_KEYS` at its value from before it existed), the contents of the training trajectories and the
-    :data:`RECIPE`.  Stored in the artefact's metadata; reruns compare it before reusing one."""
+    :data:`ADDED_KEYS` at its value from before it existed), the contents of the training trajectories, the
+    :data:`RECIPE` and the :data:`~tcbm.backmap.ROLLOUT_RECIPE` (model selection rolls out as ``tcbm backmap``
+    does).  Stored in the artefact's metadata; reruns compare it before reusing one."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("out", None)
     for dotted, before in ADDED_KEYS.items():
@@ -129,7 +132,7 @@ def training_fingerprint(cfg: DictConfig) -> dict:
         if isinstance(section, dict) and key in section and section[key] == before:
             del section[key]
     trajectories = config["data"]["trajectories"]
-    return {"config": digest(config), "recipe": RECIPE,
+    return {"config": digest(config), "recipe": RECIPE, "rollout_recipe": ROLLOUT_RECIPE,
             "trajectories": [file_digest(p) for p in expand_paths(trajectories)]}
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tcbm.backmap import Backmapper, RolloutSettings
+from tcbm.rotor_hops import rotor_axes
 from tcbm.stereo import signed_volumes, stereocentres
 from tcbm.stiff_coordinates import (
     StiffCoordinateEstimator,
@@ -18,8 +19,8 @@ from tcbm.stiff_coordinates import (
     internal_coordinates,
     place,
     placement_plan,
-    stiff_values,
 )
+from tcbm.symmetry import rotor_hydrogen_groups, turn_groups
 
 
 def anchored(system) -> np.ndarray:
@@ -109,14 +110,51 @@ def test_a_mean_decoder_gets_the_reference_spread_back_and_the_cg_stays(adp):
     assert not model.temporal
     normals = torch.randn(len(reference), model.n_draws, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     out = model.step(torch.as_tensor(mean_frame), torch.as_tensor(mean_frame), normals)
-    table, stiff, centre = torch.as_tensor(model.rows), torch.as_tensor(model.stiff), torch.as_tensor(model.centre)
-    drawn, wanted = (stiff_values(torch.as_tensor(x), table, stiff, centre) for x in (out.numpy(), reference))
+    drawn, wanted = (model.deviations(torch.as_tensor(x)) for x in (out.numpy(), reference))
     ratio = drawn.std(0) / wanted.std(0)
     assert ((ratio > 0.9) & (ratio < 1.1)).all()  # 3,000 draws: the sd's statistical error is ~1.3 %
     assert ((drawn.mean(0) - wanted.mean(0)).abs() < 0.1 * wanted.std(0)).all()
     assert torch.equal(out[:, anchored(adp)], torch.as_tensor(mean_frame)[:, anchored(adp)])
     centres = stereocentres(adp.topology)
     assert (np.sign(signed_volumes(out.numpy(), centres)) == np.sign(signed_volumes(reference[:1], centres))).all()
+
+
+def test_a_rotor_keeps_its_well_and_gets_the_references_libration(adp):
+    """The ACE methyl librates about its staggered minima (sd 12 deg) in the reference; a decoder that knows
+    nothing of where (a uniform dihedral) gets the libration back, and each frame keeps its decoded well."""
+    rng = np.random.default_rng(7)
+    reference, decoded = perturbed(adp, 3000, 0.002, seed=8), perturbed(adp, 3000, 0.002, seed=9)
+    groups = rotor_hydrogen_groups(adp.topology)
+    ace = int(np.flatnonzero([str(adp.topology.atom(int(g[0]))) == "ACE1-H1" for g in groups])[0])
+    rows, _, _ = placement_plan(adp.topology, anchored(adp))
+    row = list(rows[:, 0]).index(groups[ace, 0])
+    pivots = torch.as_tensor(rotor_axes(adp.topology, groups)[:, :2])
+
+    def dihedral(x):  # of the methyl's first hydrogen, as its Z-matrix row defines it
+        return internal_coordinates(torch.as_tensor(x), torch.as_tensor(rows[row:row + 1]))[:, 0, 2].numpy()
+
+    def turned_to(x, target):
+        angle = np.zeros((len(x), len(groups)))
+        angle[:, ace] = target - dihedral(x)
+        return turn_groups(torch.as_tensor(x), torch.as_tensor(groups), pivots, torch.as_tensor(angle)).numpy()
+
+    def well(angle):
+        return np.round(np.angle(np.exp(1j * (angle - minimum))) / (2 * np.pi / 3)) % 3
+
+    minimum = 0.3
+    reference = turned_to(reference, minimum + 2 * np.pi / 3 * rng.integers(0, 3, len(reference))
+                          + rng.normal(0.0, np.radians(12.0), len(reference)))
+    decoded = turned_to(decoded, rng.uniform(-np.pi, np.pi, len(decoded)))
+    model = StiffCoordinateEstimator().fit(reference, decoded, None, adp.topology, anchored(adp)).fetch_model()
+    assert model.periods[row] == 3 and model.stiff[row, 2]
+    normals = torch.randn(len(decoded), model.n_draws, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    after = dihedral(model.step(torch.as_tensor(decoded), torch.as_tensor(decoded), normals).numpy())
+    offset = np.angle(np.exp(3j * (after - minimum))) / 3
+    assert abs(np.degrees(offset.std()) - 12.0) < 1.0 and abs(np.degrees(offset.mean())) < 1.0
+    assert np.mean(well(after) == well(dihedral(decoded))) > 0.999  # a draw beyond +-60 deg (5 sd) crosses
+    no_rotors = StiffCoordinateEstimator().fit(reference, decoded, None, adp.topology, anchored(adp),
+                                               np.zeros((0, 3), dtype=np.int64)).fetch_model()
+    assert no_rotors.periods[row] == 1 and not no_rotors.stiff[row, 2]  # a turning chain owns the whole dihedral
 
 
 def test_a_step_turns_with_the_molecule(adp):
