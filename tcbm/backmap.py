@@ -69,8 +69,9 @@ class RolloutSettings:
     false keeps the labels the network outputs), ``keep_stereo`` (put back every stereocentre the network
     mirrored or flattened with respect to the previous frame, :class:`~tcbm.stereo.StereoKeeper`, so each keeps
     the seed frame's handedness; false keeps the frames as decoded) and ``stiff_coordinates`` (draw the bond
-    lengths, angles and narrow dihedrals of the CG-free atoms that hang off the rest of the molecule afresh
-    every frame, :mod:`tcbm.stiff_coordinates`; false keeps them as decoded)."""
+    lengths, angles and narrow dihedrals of the CG-free atoms that hang off the rest of the molecule, and the
+    CH3/NH3 hydrogens' dihedrals within their wells, afresh every frame, :mod:`tcbm.stiff_coordinates`; false
+    keeps them as decoded)."""
 
     samples: int = 1
     latent: str = "gmm"

@@ -5,21 +5,21 @@ long forgotten its earlier value: it vibrates on a 10-100 fs time scale.  The re
 jitter from frame to frame about where the slow coordinates put them; a deterministic decoder outputs the
 conditional mean and moves them too little (``benchmarks/adp/free_atom_displacements.md``).
 
-The model: every CG-free atom that hangs off the rest of the molecule — the bond to the atom it is placed from
-is a bridge of the bond graph whose far side holds no CG-mapped atom — is placed in internal coordinates
-relative to three atoms placed before it (a Z-matrix row ``i, a, b, c``: ``a`` its bonded parent, ``b`` bonded to
-``a``, ``c`` bonded to ``a`` (an improper, preferred) or to ``b``): the bond length r = |i − a|, the angle θ = ∠(i,
-a, b) and the dihedral φ(i, a, b, c).  r and θ are always stiff, φ where its reference distribution is narrow
-(circular standard deviation below ``max_dihedral_sd``: planar and tetrahedral arrangements, not rotors or
-rotamers).  The soft dihedral of a CH3/NH3 group's hydrogen is stiff modulo the group's three-fold symmetry: its
-offset from the nearest staggered minimum (within ±60°) is drawn, its well is kept (which well is the rotor
-chain's, :mod:`tcbm.rotor_hops`, or the decoder's): the libration inside a well is as fast as any angle's, and a
-nearly free rotor's decoded offset is no better than a guess.  The stiff coordinates y of a frame are drawn from a linear-Gaussian regression on their decoded
-values and, for a temporal model, on the previous frame's, y = b + B x + L ξ, fitted on training triples decoded
-from their true previous frames: the drawn values keep what the decoder knows about the condition, have the
-reference's covariance (the angles about one centre stay consistent with one another), and the residual part is
-new every frame.  Other soft dihedrals keep the decoded value; atoms beyond a placed atom (its branch) move rigidly
-with it before they are placed in turn.
+The model: every CG-free atom that hangs off the rest of the molecule — the bond to the atom it is placed from is
+a bridge of the bond graph whose far side holds no CG-mapped atom — is placed in internal coordinates relative to
+three atoms placed before it (a Z-matrix row ``i, a, b, c``: ``a`` its bonded parent, ``b`` bonded to ``a``, ``c``
+bonded to ``a`` (an improper, preferred) or to ``b``): the bond length r = |i − a|, the angle θ = ∠(i, a, b) and
+the dihedral φ(i, a, b, c). r and θ are always stiff, φ where its reference distribution is narrow (circular
+standard deviation below ``max_dihedral_sd``: planar and tetrahedral arrangements, not rotors or rotamers). The
+soft dihedral of a CH3/NH3 group's hydrogen is stiff modulo the group's three-fold symmetry: its offset from the
+nearest staggered minimum (within ±60°) is drawn, its well is kept (which well is the rotor chain's,
+:mod:`tcbm.rotor_hops`, or the decoder's): the libration inside a well is as fast as any angle's, and a nearly
+free rotor's decoded offset is no better than a guess. The stiff coordinates y of a frame are drawn from a
+linear-Gaussian regression on their decoded values and, for a temporal model, on the previous frame's, y = b + B x
++ L ξ, fitted on training triples decoded from their true previous frames: the drawn values keep what the decoder
+knows about the condition, have the reference's covariance (the angles about one centre stay consistent with one
+another), and the residual part is new every frame. Other soft dihedrals keep the decoded value; atoms beyond a
+placed atom (its branch) move rigidly with it before they are placed in turn.
 
 Assumed: stiff coordinates Gaussian and linear in their decoded values.  Atoms with any weight in the CG mapping
 never move, so the CG is kept exactly.  Lengths in nm, angles in rad.
