@@ -159,8 +159,8 @@ class StiffCoordinates:
     the ``periods`` (m,) of the rows' dihedrals (3: a rotor hydrogen's, stiff within its well; else 1), and
     the linear-Gaussian regression of their reference values y on the regressors x: the decoded frame's stiff
     coordinates, if ``temporal`` the previous frame's, both as deviations from ``centre`` (D,) nm/rad (the
-    reference's means, circular for dihedrals, modulo 2π/period; see :func:`stiff_values`), and the decoded frame's :func:`context_values` of the ``context``
-    pairs (K, 2) (see :func:`placement_plan`):  y = ``intercept`` + ``coefficients`` · x + ``noise`` · ξ with
+    reference's means, circular for dihedrals, modulo 2π/period; see :func:`stiff_values`), and the decoded
+    frame's :func:`context_values` of the ``context`` pairs (K, 2) (see :func:`placement_plan`):  y = ``intercept`` + ``coefficients`` · x + ``noise`` · ξ with
     ``intercept`` (D,), ``coefficients`` (D, R), ``noise`` (D, D) lower-triangular (the residuals' covariance is
     noise · noiseᵀ) and ξ standard normal.  Each regressor is first clipped to the range (``low``, ``high``) (R,)
     it had in the fit: a linear model says nothing beyond its data, and a decoded frame far outside them (a

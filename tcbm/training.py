@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
+from tcbm import backmap
 from tcbm.artifact import BackmapModel, SeedLibrary
-from tcbm.backmap import ROLLOUT_RECIPE
 from tcbm.constraints import resolve_network
 from tcbm.data import BackmapDataModule, TripleDataset
 from tcbm.fingerprint import digest, file_digest
@@ -132,7 +132,7 @@ def training_fingerprint(cfg: DictConfig) -> dict:
         if isinstance(section, dict) and key in section and section[key] == before:
             del section[key]
     trajectories = config["data"]["trajectories"]
-    return {"config": digest(config), "recipe": RECIPE, "rollout_recipe": ROLLOUT_RECIPE,
+    return {"config": digest(config), "recipe": RECIPE, "rollout_recipe": backmap.ROLLOUT_RECIPE,
             "trajectories": [file_digest(p) for p in expand_paths(trajectories)]}
 
 

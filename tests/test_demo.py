@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from tcbm import pipeline
+from tcbm import backmap, pipeline
 from tcbm.backmap import RolloutSettings
 from tcbm.demo import run_demo
 
@@ -131,3 +131,12 @@ def test_an_added_option_at_its_off_value_keeps_older_fingerprints(tmp_path, adp
     assert pipeline.training_fingerprint(OmegaConf.create(older)) == fingerprint
     cfg.model.loss.chirality_margin = 0.5  # the option on: a different model
     assert pipeline.differences(fingerprint, pipeline.training_fingerprint(cfg))[0].startswith("config:")
+
+
+def test_a_model_selected_on_rollouts_made_otherwise_is_stale(tmp_path, adp_traj, monkeypatch):
+    with initialize_config_module("tcbm.conf", version_base="1.3"):
+        cfg = pipeline.training_config(tmp_path, "adp_quick", 1, adp_traj[0], [])
+    fingerprint = pipeline.training_fingerprint(cfg)
+    monkeypatch.setattr(backmap, "ROLLOUT_RECIPE", backmap.ROLLOUT_RECIPE + 1)  # rollouts make other frames now
+    assert pipeline.differences(fingerprint, pipeline.training_fingerprint(cfg)) == [
+        f"rollout_recipe: {backmap.ROLLOUT_RECIPE - 1} -> {backmap.ROLLOUT_RECIPE}"]
