@@ -202,14 +202,15 @@ class StiffCoordinates:
 
     def deviations(self, frame: torch.Tensor) -> torch.Tensor:
         """The stiff coordinates (B, D) of frames ``frame`` (B, N, 3) as deviations (:func:`stiff_values`)."""
-        rows, _, stiff, periods, centre = self._tensors(frame.device, frame.dtype)[:5]
-        return stiff_values(frame, rows, stiff, centre, periods)
+        t = self._tensors(frame.device, frame.dtype)
+        return stiff_values(frame, t["rows"], t["stiff"], t["centre"], t["periods"])
 
     def _regressors(self, own: torch.Tensor, frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """:meth:`regressors` given ``frame``'s own :meth:`deviations` ``own``."""
-        rows, context, *_, low, high = self._tensors(frame.device, frame.dtype)
-        values = [own, *([self.deviations(previous)] if self.temporal else []), context_values(frame, rows, context)]
-        return torch.maximum(torch.minimum(torch.cat(values, dim=-1), high), low)
+        t = self._tensors(frame.device, frame.dtype)
+        values = [own, *([self.deviations(previous)] if self.temporal else []),
+                  context_values(frame, t["rows"], t["context"])]
+        return torch.maximum(torch.minimum(torch.cat(values, dim=-1), t["high"]), t["low"])
 
     @property
     def n_draws(self) -> int:
@@ -220,13 +221,14 @@ class StiffCoordinates:
         """``frame`` (B, N, 3) nm with its stiff coordinates drawn from the regression on their decoded values in
         ``frame`` (and, if temporal, in ``previous`` (B, N, 3)), using standard ``normals`` (B, D), and its soft
         ones kept; placed row by row, each row's branch turned rigidly with it."""
-        rows, _, stiff, _, _, intercept, coefficients, noise = self._tensors(frame.device, frame.dtype)[:8]
-        if not len(rows):
+        if not len(self.rows):
             return frame
+        t = self._tensors(frame.device, frame.dtype)
         own = self.deviations(frame)
-        drawn = intercept + self._regressors(own, frame, previous) @ coefficients.T + normals.to(frame.dtype) @ noise.T
-        q = internal_coordinates(frame, rows)
-        q[:, stiff] += drawn - own
+        drawn = (t["intercept"] + self._regressors(own, frame, previous) @ t["coefficients"].T
+                 + normals.to(frame.dtype) @ t["noise"].T)
+        q = internal_coordinates(frame, t["rows"])
+        q[:, t["stiff"]] += drawn - own
         out = frame.clone()
         for k, (i, a, b, c) in enumerate(self.rows.tolist()):
             new = place(out[:, a], out[:, b], out[:, c], q[:, k])
@@ -238,13 +240,16 @@ class StiffCoordinates:
             out[:, i] = new
         return out
 
-    def _tensors(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """The fitted arrays as tensors on ``device`` (floats in ``dtype``), made once per device and dtype."""
+    def _tensors(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The fitted arrays by name as tensors on ``device`` (floats in ``dtype``), made once per device and
+        dtype: a rollout calls this every frame."""
         key = (device, dtype)
         if key not in self._on_device:
-            self._on_device[key] = (*(torch.as_tensor(getattr(self, n), device=device) for n in ("rows", "context", "stiff")),
-                                    *(torch.as_tensor(getattr(self, n), device=device, dtype=dtype)
-                                      for n in ("periods", "centre", "intercept", "coefficients", "noise", "low", "high")))
+            indices = ("rows", "context", "stiff")
+            self._on_device[key] = {n: torch.as_tensor(getattr(self, n), device=device,
+                                                       dtype=None if n in indices else dtype)
+                                    for n in (*indices, "periods", "centre", "intercept", "coefficients", "noise",
+                                              "low", "high")}
         return self._on_device[key]
 
     def to_dict(self) -> dict:
