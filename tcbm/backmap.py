@@ -116,8 +116,8 @@ class RolloutSettings:
 #: start making different frames, so reruns recompute older outputs (1: stereocentres put back as in the
 #: previous frame, :class:`~tcbm.stereo.StereoKeeper`; 2: stiff coordinates drawn, :mod:`tcbm.stiff_coordinates`;
 #: 3: ... from regressors clipped to their fitted range; 4: stereocentres checked again after them; 5: rotor
-#: hydrogens' dihedrals drawn within their wells)
-ROLLOUT_RECIPE = 5
+#: hydrogens' dihedrals drawn within their wells; 6: constrained bonds kept at their decoded lengths)
+ROLLOUT_RECIPE = 6
 
 
 @dataclass

@@ -9,17 +9,18 @@ The model: every CG-free atom that hangs off the rest of the molecule — the bo
 a bridge of the bond graph whose far side holds no CG-mapped atom — is placed in internal coordinates relative to
 three atoms placed before it (a Z-matrix row ``i, a, b, c``: ``a`` its bonded parent, ``b`` bonded to ``a``, ``c``
 bonded to ``a`` (an improper, preferred) or to ``b``): the bond length r = |i − a|, the angle θ = ∠(i, a, b) and
-the dihedral φ(i, a, b, c). r and θ are always stiff, φ where its reference distribution is narrow (circular
-standard deviation below ``max_dihedral_sd``: planar and tetrahedral arrangements, not rotors or rotamers). The
-soft dihedral of a CH3/NH3 group's hydrogen is stiff modulo the group's three-fold symmetry: its offset from the
-nearest staggered minimum (within ±60°) is drawn, its well is kept (which well is the rotor chain's,
-:mod:`tcbm.rotor_hops`, or the decoder's): the libration inside a well is as fast as any angle's, and a nearly
-free rotor's decoded offset is no better than a guess. The stiff coordinates y of a frame are drawn from a
-linear-Gaussian regression on their decoded values and, for a temporal model, on the previous frame's, y = b + B x
-+ L ξ, fitted on training triples decoded from their true previous frames: the drawn values keep what the decoder
-knows about the condition, have the reference's covariance (the angles about one centre stay consistent with one
-another), and the residual part is new every frame. Other soft dihedrals keep the decoded value; atoms beyond a
-placed atom (its branch) move rigidly with it before they are placed in turn.
+the dihedral φ(i, a, b, c). θ is always stiff, r unless the reference holds it fixed (a constrained bond, which
+the read-out keeps at its length: its spread in the data is the trajectory file's rounding, not a vibration), φ
+where its reference distribution is narrow (circular standard deviation below ``max_dihedral_sd``: planar and
+tetrahedral arrangements, not rotors or rotamers). The soft dihedral of a CH3/NH3 group's hydrogen is stiff modulo
+the group's three-fold symmetry: its offset from the nearest staggered minimum (within ±60°) is drawn, its well is
+kept (which well is the rotor chain's, :mod:`tcbm.rotor_hops`, or the decoder's): the libration inside a well is
+as fast as any angle's, and a nearly free rotor's decoded offset is no better than a guess. The stiff coordinates
+y of a frame are drawn from a linear-Gaussian regression on their decoded values and, for a temporal model, on the
+previous frame's, y = b + B x + L ξ, fitted on training triples decoded from their true previous frames: the drawn
+values keep what the decoder knows about the condition, have the reference's covariance (the angles about one
+centre stay consistent with one another), and the residual part is new every frame. Other soft dihedrals keep the
+decoded value; atoms beyond a placed atom (its branch) move rigidly with it before they are placed in turn.
 
 Assumed: stiff coordinates Gaussian and linear in their decoded values.  Atoms with any weight in the CG mapping
 never move, so the CG is kept exactly.  Lengths in nm, angles in rad.
@@ -271,13 +272,16 @@ class StiffCoordinates:
 class StiffCoordinateEstimator:
     """Estimates :class:`StiffCoordinates`: ``fit(reference, decoded, previous, topology, anchored, rotors)`` then
     ``fetch_model()``.  A dihedral is stiff if its circular standard deviation in the reference frames is below
-    ``max_dihedral_sd`` rad, a rotor hydrogen's always (modulo 120°); ``ridge`` regularises the regression
-    (relative to the regressors' mean variance)."""
+    ``max_dihedral_sd`` rad, a rotor hydrogen's always (modulo 120°); a bond length if its standard deviation is
+    at least ``min_bond_sd`` nm (a vibrating bond at 300 K: ~0.002-0.003 nm; a constrained one stored in an XTC
+    file, 0.001 nm precision: ~0.0004); ``ridge`` regularises the regression (relative to the regressors' mean
+    variance)."""
 
-    def __init__(self, max_dihedral_sd: float = 0.5, ridge: float = 1e-6) -> None:
-        if not max_dihedral_sd > 0 or ridge < 0:
-            raise ValueError(f"max_dihedral_sd must be > 0 rad and ridge >= 0, got {max_dihedral_sd} and {ridge}")
-        self.max_dihedral_sd, self.ridge = max_dihedral_sd, ridge
+    def __init__(self, max_dihedral_sd: float = 0.5, min_bond_sd: float = 0.001, ridge: float = 1e-6) -> None:
+        if not max_dihedral_sd > 0 or min_bond_sd < 0 or ridge < 0:
+            raise ValueError(f"max_dihedral_sd must be > 0 rad, min_bond_sd >= 0 nm and ridge >= 0, got "
+                             f"{max_dihedral_sd}, {min_bond_sd} and {ridge}")
+        self.max_dihedral_sd, self.min_bond_sd, self.ridge = max_dihedral_sd, min_bond_sd, ridge
         self._model: StiffCoordinates | None = None
 
     def fit(self, reference: np.ndarray, decoded: np.ndarray, previous: np.ndarray | None, topology: md.Topology,
@@ -300,6 +304,7 @@ class StiffCoordinateEstimator:
         mean = q.mean(0)
         resultant = np.exp(1j * q[..., 2]).mean(0)
         stiff = np.ones_like(mean, dtype=bool)
+        stiff[:, 0] = q[..., 0].std(0) >= self.min_bond_sd
         stiff[:, 2] = np.sqrt(-2 * np.log(np.clip(np.abs(resultant), 1e-300, 1.0))) < self.max_dihedral_sd
         rotors = rotor_hydrogen_groups(topology) if rotors is None else np.asarray(rotors, dtype=np.int64)
         periods = np.where(~stiff[:, 2] & np.isin(rows[:, 0], rotors), 3, 1)
