@@ -9,14 +9,14 @@ The model: every CG-free atom that hangs off the rest of the molecule — the bo
 a bridge of the bond graph whose far side holds no CG-mapped atom — is placed in internal coordinates relative to
 three atoms placed before it (a Z-matrix row ``i, a, b, c``: ``a`` its bonded parent, ``b`` bonded to ``a``, ``c``
 bonded to ``a`` (an improper, preferred) or to ``b``): the bond length r = |i − a|, the angle θ = ∠(i, a, b) and
-the dihedral φ(i, a, b, c). θ is always stiff, r unless the reference holds it fixed (a constrained bond, which
-the read-out keeps at its length: its spread in the data is the trajectory file's rounding, not a vibration), φ
-where its reference distribution is narrow (circular standard deviation below ``max_dihedral_sd``: planar and
-tetrahedral arrangements, not rotors or rotamers). The soft dihedral of a CH3/NH3 group's hydrogen is stiff modulo
-the group's three-fold symmetry: its offset from the nearest staggered minimum (within ±60°) is drawn, its well is
-kept (which well is the rotor chain's, :mod:`tcbm.rotor_hops`, or the decoder's): the libration inside a well is
-as fast as any angle's, and a nearly free rotor's decoded offset is no better than a guess. The stiff coordinates
-y of a frame are drawn from a linear-Gaussian regression on their decoded values and, for a temporal model, on the
+the dihedral φ(i, a, b, c). r and θ are always stiff (a bond the reference holds fixed, a constraint, is set to
+its length without noise: its spread in the data is the trajectory file's rounding, not a vibration), φ where its
+reference distribution is narrow (circular standard deviation below ``max_dihedral_sd``: planar and tetrahedral
+arrangements, not rotors or rotamers). The soft dihedral of a CH3/NH3 group's hydrogen is stiff modulo the group's
+three-fold symmetry: its offset from the nearest staggered minimum (within ±60°) is drawn, its well is kept (which
+well is the rotor chain's, :mod:`tcbm.rotor_hops`, or the decoder's): the libration inside a well is as fast as
+any angle's, and a nearly free rotor's decoded offset is no better than a guess. The stiff coordinates y of a
+frame are drawn from a linear-Gaussian regression on their decoded values and, for a temporal model, on the
 previous frame's, y = b + B x + L ξ, fitted on training triples decoded from their true previous frames: the drawn
 values keep what the decoder knows about the condition, have the reference's covariance (the angles about one
 centre stay consistent with one another), and the residual part is new every frame. Other soft dihedrals keep the
@@ -272,16 +272,16 @@ class StiffCoordinates:
 class StiffCoordinateEstimator:
     """Estimates :class:`StiffCoordinates`: ``fit(reference, decoded, previous, topology, anchored, rotors)`` then
     ``fetch_model()``.  A dihedral is stiff if its circular standard deviation in the reference frames is below
-    ``max_dihedral_sd`` rad, a rotor hydrogen's always (modulo 120°); a bond length if its standard deviation is
-    at least ``min_bond_sd`` nm (a vibrating bond at 300 K: ~0.002-0.003 nm; a constrained one stored in an XTC
-    file, 0.001 nm precision: ~0.0004).  The regression is a ridge regression on standardised regressors;
+    ``max_dihedral_sd`` rad, a rotor hydrogen's always (modulo 120°); a bond length whose standard deviation is
+    below ``min_bond_sd`` nm is held by the reference (a vibrating bond at 300 K: ~0.002-0.003 nm; a constrained
+    one stored in an XTC file, 0.001 nm precision: ~0.0004) and is set to its mean length, without noise.  The regression is a ridge regression on standardised regressors;
     ``ridge`` fixes its penalty, None (the default) chooses it from ``RIDGES`` by ``folds``-fold cross-validation
     over contiguous blocks of the frames (the held-out squared error of every stiff coordinate, each relative to
     its variance): a large molecule has hundreds of regressors, and an unpenalised fit on a few thousand frames
     predicts wildly on new ones (a 400-step chignolin model: methyl offsets predicted across ±130°)."""
 
     #: the penalties cross-validation chooses from (on regressors standardised to unit variance)
-    RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e4)
 
     def __init__(self, max_dihedral_sd: float = 0.5, min_bond_sd: float = 0.001, ridge: float | None = None,
                  folds: int = 5) -> None:
@@ -312,7 +312,8 @@ class StiffCoordinateEstimator:
         mean = q.mean(0)
         resultant = np.exp(1j * q[..., 2]).mean(0)
         stiff = np.ones_like(mean, dtype=bool)
-        stiff[:, 0] = q[..., 0].std(0) >= self.min_bond_sd
+        fixed = np.zeros_like(stiff)
+        fixed[:, 0] = q[..., 0].std(0) < self.min_bond_sd
         stiff[:, 2] = np.sqrt(-2 * np.log(np.clip(np.abs(resultant), 1e-300, 1.0))) < self.max_dihedral_sd
         rotors = rotor_hydrogen_groups(topology) if rotors is None else np.asarray(rotors, dtype=np.int64)
         periods = np.where(~stiff[:, 2] & np.isin(rows[:, 0], rotors), 3, 1)
@@ -325,9 +326,13 @@ class StiffCoordinateEstimator:
                            axis=1)
         self.ridge_ = self.ridge if self.ridge is not None else self._cross_validated_ridge(x, y)
         coefficients, intercept = _ridge_regression(x, y, self.ridge_)
+        held = fixed[stiff]  # set to the reference's mean length, no regression and no noise
+        coefficients[held], intercept[held] = 0.0, y[:, held].mean(0)
         residual = y - intercept - x @ coefficients.T
+        residual[:, held] = 0.0
         covariance = residual.T @ residual / len(x)
         noise = np.linalg.cholesky(covariance + 1e-12 * max(float(np.trace(covariance)), 1e-300) * np.eye(len(covariance)))
+        noise[held] = 0.0
         self._model = StiffCoordinates(rows, branches, context, stiff, periods, mean[stiff], intercept, coefficients,
                                        noise, x.min(0), x.max(0), previous is not None)
         return self
@@ -352,13 +357,19 @@ class StiffCoordinateEstimator:
         return self._model
 
 
+#: regressors varying less than this (nm, rad or direction cosine) carry no information: thermal spreads are
+#: ~0.002 nm for a bond, ~0.05 rad for an angle
+NOISE_FLOOR = 1e-4
+
+
 def _ridge_regression(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
     """Coefficients (D, R) and intercept (D,) of y (F, D) on x (F, R) with penalty ``ridge`` on the regressors
-    standardised to unit variance (a regressor constant to within 1e-6 of its units, nm or rad, is rounding
-    noise and gets no weight)."""
+    standardised to unit variance.  A regressor whose standard deviation is below ``NOISE_FLOOR`` gets no
+    weight: it is float rounding (e.g. a decoded length the read-out constrains), and standardising would blow
+    the next frame's rounding up into the prediction."""
     x_mean, y_mean = x.mean(0), y.mean(0)
     sd = x.std(0)
-    scale = np.where(sd > 1e-6, 1.0 / np.maximum(sd, 1e-300), 0.0)
+    scale = np.where(sd > NOISE_FLOOR, 1.0 / np.maximum(sd, 1e-300), 0.0)
     xs = (x - x_mean) * scale
     gram = xs.T @ xs / len(x) + ridge * np.eye(x.shape[1])
     coefficients = np.linalg.solve(gram + (scale == 0) * np.eye(x.shape[1]), xs.T @ (y - y_mean) / len(x)).T * scale

@@ -157,9 +157,10 @@ def test_a_rotor_keeps_its_well_and_gets_the_references_libration(adp):
     assert no_rotors.periods[row] == 1 and not no_rotors.stiff[row, 2]  # a turning chain owns the whole dihedral
 
 
-def test_a_constrained_bond_keeps_its_decoded_length(adp):
+def test_a_constrained_bond_gets_its_length_without_noise(adp):
     """Bonds to hydrogen held fixed in the reference and stored at 0.001 nm precision (as an XTC file does) are
-    not vibrations: they keep the decoded length, while the other stiff coordinates are drawn."""
+    not vibrations: they get the reference's length, however wrong the decoded one, while the other stiff
+    coordinates are drawn."""
     rows, _, _ = placement_plan(adp.topology, anchored(adp))
     hydrogen = np.array([adp.topology.atom(int(i)).element.symbol == "H" for i in rows[:, 0]])
 
@@ -171,13 +172,13 @@ def test_a_constrained_bond_keeps_its_decoded_length(adp):
         return np.round(x, 3) if rounded else x
 
     reference = constrained(perturbed(adp, 2000, 0.004, seed=10), rounded=True)
-    decoded = constrained(perturbed(adp, 2000, 0.004, seed=11), rounded=False)
+    decoded = perturbed(adp, 2000, 0.004, seed=11)  # X-H lengths off by ~0.005 nm
     model = StiffCoordinateEstimator().fit(reference, decoded, None, adp.topology, anchored(adp)).fetch_model()
-    assert not model.stiff[hydrogen, 0].any() and model.stiff[~hydrogen, 0].all() and model.stiff[:, 1].all()
     normals = torch.randn(len(decoded), model.n_draws, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     out = model.step(torch.as_tensor(decoded), torch.as_tensor(decoded), normals)
     lengths = internal_coordinates(out, torch.as_tensor(rows))[..., 0]
-    assert torch.allclose(lengths[:, hydrogen], torch.tensor(0.109, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(lengths[:, hydrogen], torch.tensor(0.109, dtype=torch.float64), atol=1e-3)  # the rounding
+    assert (lengths[:, hydrogen].std(0) < 1e-9).all()  # no noise: the same length in every frame
     assert (lengths[:, ~hydrogen].std(0) > 0.002).all()  # the heavy atoms' bonds are drawn (reference sd ~0.005)
 
 
