@@ -116,7 +116,7 @@ class RolloutSettings:
 #: start making different frames, so reruns recompute older outputs (1: stereocentres put back as in the
 #: previous frame, :class:`~tcbm.stereo.StereoKeeper`; 2: stiff coordinates drawn, :mod:`tcbm.stiff_coordinates`;
 #: 3: ... from regressors clipped to their fitted range; 4: stereocentres checked again after them; 5: rotor
-#: hydrogens' dihedrals drawn within their wells; 6: constrained bonds kept at their decoded lengths; 7: the
+#: hydrogens' dihedrals drawn within their wells; 6: constrained bonds set to their length, no noise; 7: the
 #: regression's penalty chosen by cross-validation)
 ROLLOUT_RECIPE = 7
 

@@ -161,7 +161,8 @@ class StiffCoordinates:
     the linear-Gaussian regression of their reference values y on the regressors x: the decoded frame's stiff
     coordinates, if ``temporal`` the previous frame's, both as deviations from ``centre`` (D,) nm/rad (the
     reference's means, circular for dihedrals, modulo 2π/period; see :func:`stiff_values`), and the decoded
-    frame's :func:`context_values` of the ``context`` pairs (K, 2) (see :func:`placement_plan`):  y = ``intercept`` + ``coefficients`` · x + ``noise`` · ξ with
+    frame's :func:`context_values` of the ``context`` pairs (K, 2) (see :func:`placement_plan`):
+    y = ``intercept`` + ``coefficients`` · x + ``noise`` · ξ with
     ``intercept`` (D,), ``coefficients`` (D, R), ``noise`` (D, D) lower-triangular (the residuals' covariance is
     noise · noiseᵀ) and ξ standard normal.  Each regressor is first clipped to the range (``low``, ``high``) (R,)
     it had in the fit: a linear model says nothing beyond its data, and a decoded frame far outside them (a
@@ -274,8 +275,8 @@ class StiffCoordinateEstimator:
     ``fetch_model()``.  A dihedral is stiff if its circular standard deviation in the reference frames is below
     ``max_dihedral_sd`` rad, a rotor hydrogen's always (modulo 120°); a bond length whose standard deviation is
     below ``min_bond_sd`` nm is held by the reference (a vibrating bond at 300 K: ~0.002-0.003 nm; a constrained
-    one stored in an XTC file, 0.001 nm precision: ~0.0004) and is set to its mean length, without noise.  The regression is a ridge regression on standardised regressors;
-    ``ridge`` fixes its penalty, None (the default) chooses it from ``RIDGES`` by ``folds``-fold cross-validation
+    one stored in an XTC file, 0.001 nm precision: ~0.0004) and is set to its mean length, without noise.  The
+    regression is a ridge regression on standardised regressors; ``ridge`` fixes its penalty, None (the default) chooses it from ``RIDGES`` by ``folds``-fold cross-validation
     over contiguous blocks of the frames (the held-out squared error of every stiff coordinate, each relative to
     its variance): a large molecule has hundreds of regressors, and an unpenalised fit on a few thousand frames
     predicts wildly on new ones (a 400-step chignolin model: methyl offsets predicted across ±130°)."""

@@ -182,6 +182,28 @@ def test_a_constrained_bond_gets_its_length_without_noise(adp):
     assert (lengths[:, ~hydrogen].std(0) > 0.002).all()  # the heavy atoms' bonds are drawn (reference sd ~0.005)
 
 
+def test_the_penalty_is_chosen_by_how_well_the_decoder_predicts(adp):
+    """Cross-validation keeps a decoder that predicts (here: the truth plus small noise) nearly unpenalised and
+    shrinks one that does not (independent frames): its ~100 regressors on 150 frames would interpolate."""
+    reference = perturbed(adp, 150, 0.004, seed=12)
+    informative = reference + np.random.default_rng(13).normal(0.0, 0.0005, reference.shape) * (~anchored(adp))[None, :, None]
+    useless = perturbed(adp, 150, 0.004, seed=14)
+    good = StiffCoordinateEstimator().fit(reference, informative, None, adp.topology, anchored(adp))
+    bad = StiffCoordinateEstimator().fit(reference, useless, None, adp.topology, anchored(adp))
+    assert good.ridge_ <= 1e-2 and bad.ridge_ >= 1.0
+    model = bad.fetch_model()
+    unpenalised = StiffCoordinateEstimator(ridge=1e-6).fit(reference, useless, None, adp.topology,
+                                                           anchored(adp)).fetch_model()
+    new = torch.as_tensor(perturbed(adp, 200, 0.004, seed=15))  # frames the fit has not seen
+    truth = model.deviations(torch.as_tensor(perturbed(adp, 200, 0.004, seed=16)))
+
+    def error(m):
+        return float(((m.regressors(new, new) @ torch.as_tensor(m.coefficients).T + torch.as_tensor(m.intercept)
+                       - truth) ** 2).mean())
+
+    assert error(model) < error(unpenalised)
+
+
 def test_a_step_turns_with_the_molecule(adp):
     frames = perturbed(adp, 300, 0.004, seed=3)
     decoded = perturbed(adp, 300, 0.004, seed=4)
