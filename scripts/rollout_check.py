@@ -52,7 +52,7 @@ def main() -> None:
     weights = np.asarray(model.system.mapping.weights)
     cgs = [np.einsum("bn,tnk->tbk", weights, r.xyz).astype(np.float32) for r in references]
     names, _ = obs.rotor_dihedrals(references[0])
-    phases = np.angle(np.exp(3j * np.concatenate([obs.rotor_dihedrals(r)[1] for r in references])).mean(0)) / 3
+    phases = obs.rotor_phases(np.concatenate([obs.rotor_dihedrals(r)[1] for r in references]))  # as the evaluation
     dt_ps = float(references[0].timestep) if references[0].n_frames > 1 else 1.0
     reference = scores(references, model, phases, dt_ps)
     print(f"{args.model}: {len(paths)} held-out runs x {references[0].n_frames} frames, "

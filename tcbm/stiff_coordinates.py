@@ -276,9 +276,9 @@ class StiffCoordinateEstimator:
     ``max_dihedral_sd`` rad, a rotor hydrogen's always (modulo 120°); a bond length whose standard deviation is
     below ``min_bond_sd`` nm is held by the reference (a vibrating bond at 300 K: ~0.002-0.003 nm; a constrained
     one stored in an XTC file, 0.001 nm precision: ~0.0004) and is set to its mean length, without noise.  The
-    regression is a ridge regression on standardised regressors; ``ridge`` fixes its penalty, None (the default) chooses it from ``RIDGES`` by ``folds``-fold cross-validation
-    over contiguous blocks of the frames (the held-out squared error of every stiff coordinate, each relative to
-    its variance): a large molecule has hundreds of regressors, and an unpenalised fit on a few thousand frames
+    regression is a ridge regression on standardised regressors; ``ridge`` fixes its penalty, None (the default)
+    chooses it from ``RIDGES`` by ``folds``-fold cross-validation over contiguous blocks of the frames (the
+    held-out squared error of every stiff coordinate, each relative to its variance): a large molecule has hundreds of regressors, and an unpenalised fit on a few thousand frames
     predicts wildly on new ones (a 400-step chignolin model: methyl offsets predicted across ±130°)."""
 
     #: the penalties cross-validation chooses from (on regressors standardised to unit variance)
